@@ -1,0 +1,125 @@
+"""The one preprocessing contract, shared by training, evaluation, ONNX export, the server and dataset tokenization.
+
+Any image → uint8 RGB array [H, W, 3] a model takes, and back. numpy and Pillow only (no torch): the serving
+path imports it. Scaling to [-1, 1] is not done here: it is a one-liner on the torch side
+(`tokenizer.model.to_model_range`) and the first node of the exported encoder graph.
+
+Policies:
+- `resize`: shorter side to S (bicubic, antialiased), then a centre crop to S×S.
+- `native`: keep the pixels, pad right/bottom (edge values) to a multiple of the factor f; `restore` crops back.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+POLICIES = ("resize", "native")
+ImageSource = Union[Image.Image, np.ndarray, bytes, str, Path, BinaryIO]
+
+
+class InvalidImage(ValueError):
+    """The input is not an image Pillow can decode (or decodes to nothing)."""
+
+
+class ImageTooLarge(ValueError):
+    """The image has more pixels than allowed (or trips Pillow's decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """What `restore` needs to undo `prepare`: the valid region of the model input and the source size."""
+
+    height: int
+    width: int
+    source_width: int
+    source_height: int
+
+
+def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Decode `src` (bytes, path, file object, PIL image or uint8 array) into an RGB image, EXIF orientation applied."""
+    if isinstance(src, Image.Image):
+        img = src
+    elif isinstance(src, np.ndarray):
+        img = Image.fromarray(_array_to_uint8(src))
+    else:
+        fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
+        try:
+            img = Image.open(fp)
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"image is {img.width}×{img.height} = {img.width * img.height} pixels; "
+                                    f"the limit is {max_pixels}")
+            img.load()
+        except Image.DecompressionBombError as err:
+            raise ImageTooLarge(f"image rejected by Pillow's decompression-bomb guard: {err}") from None
+        except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            if isinstance(err, ImageTooLarge):
+                raise
+            raise InvalidImage(f"not a decodable image ({type(err).__name__}: {err})") from None
+    if img.width == 0 or img.height == 0:
+        raise InvalidImage("image has zero width or height")
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        raise ImageTooLarge(f"image is {img.width}×{img.height} pixels; the limit is {max_pixels}")
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def _array_to_uint8(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    raise InvalidImage(f"arrays must be uint8 (or uint16) [H, W] or [H, W, 3|4], got {a.dtype} {a.shape}")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → RGB. Transparency is composited over white; 16-bit and float greys are rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        a = (a >> 8) if (img.mode != "I" or a.max() > 255) else a  # "I" may hold 8-bit values
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: int = 8,
+            max_pixels: int | None = None) -> tuple[np.ndarray, Crop]:
+    """Image → (uint8 [H, W, 3] model input, Crop). `resize` gives size×size; `native` a multiple of `factor`."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    img = open_image(src, max_pixels=max_pixels)
+    sw, sh = img.size
+    if policy == "resize":
+        if size % factor:
+            raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
+        scale = size / min(sw, sh)
+        nw, nh = max(size, round(sw * scale)), max(size, round(sh * scale))
+        if (nw, nh) != (sw, sh):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        arr = np.asarray(img.crop((left, top, left + size, top + size)))
+        return np.ascontiguousarray(arr), Crop(size, size, sw, sh)
+    arr = np.asarray(img)
+    ph, pw = -sh % factor, -sw % factor
+    if ph or pw:
+        arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge")
+    return np.ascontiguousarray(arr), Crop(sh, sw, sw, sh)
+
+
+def restore(arr: np.ndarray, crop: Crop | None = None) -> Image.Image:
+    """uint8 [H, W, 3] model output → RGB image, cropped back to the valid region when `crop` is given."""
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] array, got {arr.dtype} {arr.shape}")
+    if crop is not None:
+        arr = arr[: crop.height, : crop.width]
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")

@@ -1,0 +1,176 @@
+"""Vector quantizer with the rotation trick (Fifty et al., ICLR 2025) and the straight-through estimator.
+
+Shapes: N vectors of dimension d; codebook [K, d]; feature maps [B, d, h, w].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1, eps=EPS)
+
+
+def rotation_trick(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Value of `q`, gradient to `e` of λRᵀg: R rotates ê onto q̂, λ = ‖q‖/‖e‖.  e, q: [N, d], d ≥ 2.
+
+    Householder form, no d×d matrix: R e = e − 2r(rᵀe) + 2q̂(êᵀe) with r = (ê + q̂)/‖ê + q̂‖.
+    Computed in fp32 whatever the input dtype. Degenerate rows (e = 0 or q = 0) fall back to the identity
+    (STE); e = −q makes r = 0 and gives a finite reflection instead of a rotation.
+    """
+    if e.shape != q.shape or e.dim() != 2:
+        raise ValueError(f"rotation_trick wants e and q of the same shape [N, d], got {tuple(e.shape)} and {tuple(q.shape)}")
+    if e.shape[-1] < 2:
+        raise ValueError("rotation_trick needs d >= 2 (a rotation in 1-D is ±1); use the STE for d = 1")
+    dtype = e.dtype
+    e32, q32 = e.float(), q.float()
+    with torch.no_grad():
+        e_norm = e32.norm(dim=-1, keepdim=True)                     # [N, 1]
+        q_norm = q32.norm(dim=-1, keepdim=True)
+        ok = (e_norm > EPS) & (q_norm > EPS)
+        e_hat = torch.where(ok, e32 / e_norm.clamp_min(EPS), 0.0)   # [N, d]
+        q_hat = torch.where(ok, q32 / q_norm.clamp_min(EPS), 0.0)
+        lam = torch.where(ok, q_norm / e_norm.clamp_min(EPS), 1.0)  # [N, 1]
+        r = _l2norm(e_hat + q_hat)                                  # zero when e = −q
+    rotated = lam * (
+        e32
+        - 2 * r * (r * e32).sum(-1, keepdim=True)
+        + 2 * q_hat * (e_hat * e32).sum(-1, keepdim=True)
+    )
+    # Forward value is exactly q (not λRe, which equals q only up to rounding); backward is λR.
+    return (q32 + (rotated - rotated.detach())).to(dtype)
+
+
+def straight_through(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Value of `q`, identity gradient to `e`."""
+    return e + (q - e).detach()
+
+
+def codebook_stats(codes: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
+    """Usage (fraction of K hit) and perplexity of a batch of code indices (any shape)."""
+    counts = torch.bincount(codes.reshape(-1), minlength=codebook_size).float()  # [K]
+    probs = counts / counts.sum().clamp_min(1)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return {"usage": (counts > 0).float().mean(), "perplexity": entropy.exp()}
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code lookup in a [K, d] codebook, optionally l2-normalised (cosine), with a choice of gradient.
+
+    The codebook is learned by a codebook loss, or by EMA of assigned encoder outputs (`update="ema"`).
+    Distance and argmin run in fp32 even under autocast so that eval-mode codes are deterministic.
+    """
+
+    def __init__(
+        self,
+        codebook_size: int,
+        dim: int,
+        normalize: bool = True,
+        commitment_weight: float = 0.25,
+        update: str = "loss",
+        ema_decay: float = 0.99,
+        gradient: str = "rotation",
+        revive_dead_codes: bool = False,
+        dead_code_threshold: float = 1e-3,
+    ):
+        super().__init__()
+        if gradient not in ("rotation", "ste"):
+            raise ValueError(f"gradient must be 'rotation' or 'ste', got {gradient!r}")
+        if update not in ("loss", "ema"):
+            raise ValueError(f"codebook update must be 'loss' or 'ema', got {update!r}")
+        self.codebook_size, self.dim = codebook_size, dim
+        self.normalize, self.beta = normalize, commitment_weight
+        self.update, self.decay = update, ema_decay
+        # A rotation in 1-D is a sign flip: the trick is meaningless there, so d = 1 always uses the STE.
+        self.gradient = gradient if dim > 1 else "ste"
+        self.revive, self.dead_threshold = revive_dead_codes, dead_code_threshold
+
+        init = torch.randn(codebook_size, dim)
+        init = _l2norm(init) if normalize else init / dim**0.5
+        if update == "ema":
+            self.register_buffer("codebook", init.clone())
+            self.register_buffer("ema_count", torch.ones(codebook_size))
+            self.register_buffer("ema_sum", init.clone())
+        else:
+            self.codebook = nn.Parameter(init)
+        # Recent usage per code (EMA of assignment frequency), for dead-code revival.
+        self.register_buffer("usage_ema", torch.full((codebook_size,), 1.0 / codebook_size), persistent=False)
+
+    def lookup_table(self) -> torch.Tensor:
+        """The codebook as used for search and decode: [K, d], fp32."""
+        cb = self.codebook.float()
+        return _l2norm(cb) if self.normalize else cb
+
+    def nearest(self, e: torch.Tensor) -> torch.Tensor:
+        """e: [N, d] (already normalised if `normalize`) → code indices [N] (int64)."""
+        with torch.autocast(device_type=e.device.type, enabled=False):
+            cb = self.lookup_table()
+            e = e.float()
+            # ‖e‖² is constant per row, so argmin of ‖c‖² − 2 e·c is the nearest code.
+            dist = (cb * cb).sum(-1)[None, :] - 2 * e @ cb.t()  # [N, K]
+            return dist.argmin(dim=-1)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, h, w] → vectors [B, d, h, w]."""
+        return F.embedding(codes, self.lookup_table()).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z: [B, d, h, w] → (z_q [B, d, h, w], codes [B, h, w], aux with 'loss' and the batch stats)."""
+        b, d, h, w = z.shape
+        e = z.permute(0, 2, 3, 1).reshape(-1, d).float()  # [N, d]
+        if self.normalize:
+            e = _l2norm(e)
+        codes = self.nearest(e)                             # [N]
+        q = self.lookup_table()[codes]                      # [N, d], differentiable w.r.t. the codebook
+
+        commit = F.mse_loss(e, q.detach())
+        loss = self.beta * commit
+        if self.update == "loss":
+            loss = loss + F.mse_loss(q, e.detach())
+        elif self.training:
+            self._ema_update(e.detach(), codes)
+        if self.training and self.revive:
+            self._revive_dead(e.detach(), codes)
+
+        grad_fn = rotation_trick if self.gradient == "rotation" else straight_through
+        z_q = grad_fn(e, q if self.update == "loss" else q.detach())
+        with torch.no_grad():
+            aux = codebook_stats(codes, self.codebook_size)
+            aux["quant_error"] = (e - q).pow(2).sum(-1).mean()
+        aux["loss"] = loss
+        z_q = z_q.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()
+        return z_q, codes.view(b, h, w), aux
+
+    @torch.no_grad()
+    def _ema_update(self, e: torch.Tensor, codes: torch.Tensor) -> None:
+        onehot_sum = torch.zeros_like(self.ema_sum).index_add_(0, codes, e)  # [K, d]
+        count = torch.bincount(codes, minlength=self.codebook_size).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(onehot_sum)
+            torch.distributed.all_reduce(count)
+        self.ema_count.mul_(self.decay).add_(count, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(onehot_sum, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + EPS) / (n + self.codebook_size * EPS) * n  # Laplace smoothing
+        self.codebook.copy_(self.ema_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _revive_dead(self, e: torch.Tensor, codes: torch.Tensor) -> None:
+        """Re-seed codes whose recent assignment frequency fell below the threshold from this batch's outputs."""
+        freq = torch.bincount(codes, minlength=self.codebook_size).float() / codes.numel()
+        self.usage_ema.mul_(0.99).add_(freq, alpha=0.01)
+        dead = (self.usage_ema < self.dead_threshold / self.codebook_size).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return
+        picks = e[torch.randint(0, e.shape[0], (dead.numel(),), device=e.device)]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(picks, src=0)  # every rank re-seeds the same codes identically
+        self.codebook.data[dead] = picks.to(self.codebook.dtype)
+        if self.update == "ema":
+            self.ema_sum[dead] = picks
+            self.ema_count[dead] = 1.0
+        self.usage_ema[dead] = 1.0 / self.codebook_size
