@@ -1,0 +1,96 @@
+"""Training data: a folder of images or a manifest TSV → random crops with scale jitter and flips.
+
+Order and augmentation are functions of (seed, global sample position), so a resumed run sees exactly the samples
+an uninterrupted one would, on any number of ranks and workers.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .preprocess import open_image
+
+log = logging.getLogger("vqtok.data")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def list_images(src: str | Path, split: str | None = None) -> list[Path]:
+    """Image paths under a folder (recursive, sorted), or the rows of a manifest TSV (`file`, optional `split`)."""
+    src = Path(src)
+    if src.is_file() and src.suffix in (".tsv", ".txt", ".csv"):
+        with src.open(newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t" if src.suffix != ".csv" else ","))
+        if not rows or "file" not in rows[0]:
+            raise ValueError(f"{src} needs a header row with a 'file' column (and optionally 'split')")
+        paths = [src.parent / r["file"] for r in rows if split is None or r.get("split") == split]
+    elif src.is_dir():
+        if (src / "manifest.tsv").is_file() and split is not None:
+            return list_images(src / "manifest.tsv", split)
+        paths = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    else:
+        raise FileNotFoundError(f"{src} is neither a folder of images nor a manifest TSV")
+    paths = sorted(dict.fromkeys(paths))  # manifests can list a file twice
+    if not paths:
+        raise ValueError(f"no images found in {src}" + (f" for split {split!r}" if split else ""))
+    return paths
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Item (index, sample_seed) → uint8 tensor [3, crop, crop]; None for an unreadable file (logged, skipped)."""
+
+    def __init__(self, paths: list[Path], crop: int = 128, scale: tuple[float, float] = (1.0, 2.0), flip: bool = True):
+        self.paths, self.crop, self.scale, self.flip = paths, crop, scale, flip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> torch.Tensor | None:
+        index, sample_seed = item
+        rng = random.Random(sample_seed)
+        short = max(self.crop, round(self.crop * rng.uniform(*self.scale)))
+        try:
+            img = Image.open(self.paths[index])
+            img.draft("RGB", (short, short))  # JPEG: decode at a reduced size, far cheaper than full-size decode
+            img = open_image(img)
+        except Exception as err:  # noqa: BLE001 - a corrupt file must never stop training
+            log.warning("skipping %s: %s", self.paths[index], err)
+            return None
+        w, h = img.size
+        s = short / min(w, h)
+        img = img.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))), Image.Resampling.BICUBIC)
+        left = rng.randint(0, img.width - self.crop)
+        top = rng.randint(0, img.height - self.crop)
+        arr = np.array(img.crop((left, top, left + self.crop, top + self.crop)))  # writable copy
+        if self.flip and rng.random() < 0.5:
+            arr = arr[:, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Endless shuffled (index, sample_seed) stream starting at global position `start`, split across ranks."""
+
+    def __init__(self, n: int, seed: int = 0, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pos = self.start + self.rank
+        while True:
+            epoch = pos // self.n
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            while pos // self.n == epoch:
+                yield int(perm[pos % self.n]), self.seed * 1_000_003 + pos
+                pos += self.world
+
+
+def collate_skip_none(batch: list[torch.Tensor | None]) -> torch.Tensor:
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        raise RuntimeError("every image in a batch failed to load; check the data folder")
+    return torch.stack(kept)
