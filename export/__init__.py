@@ -1,0 +1,4 @@
+"""ONNX export (`export.onnx`, needs torch, import it explicitly) and the torch-free runtime (`export.runtime`)."""
+from .runtime import InvalidCodes, ModelMetadata, OnnxTokenizer, validate_codes
+
+__all__ = ["InvalidCodes", "ModelMetadata", "OnnxTokenizer", "validate_codes"]

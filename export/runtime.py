@@ -1,0 +1,226 @@
+"""`OnnxTokenizer`: the torch-free runtime over the exported graphs (server, CLI local mode, dataset tokenization).
+
+Token layout: `encode` returns int64 codes [B, h, w] = [B, H/f, W/f], a row-major grid; position (i, j) covers
+pixels [i·f, (i+1)·f) × [j·f, (j+1)·f). Sequence models flatten it in raster order (row by row:
+`codes.reshape(B, h * w)`); `decode` takes the grid back ([B, h, w] or a single [h, w]). Values are integers in
+[0, K), K = `metadata.codebook_size`; the vocabulary is identified by `metadata.codebook_sha256`.
+
+Imports numpy, Pillow and onnxruntime only (never torch).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tokenizer.hub import resolve_model_dir
+from tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
+
+_NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
+_OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
+
+
+class InvalidCodes(ValueError):
+    """Codes a model cannot decode: not integers, out of [0, K), wrong shape, or too large."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    model_id: str
+    factor: int
+    codebook_size: int
+    code_dim: int
+    codebook_sha256: str
+    image_size: int
+    max_side: int
+    normalize_codes: bool
+    precision: str
+    opset: int
+    vqtok_version: str
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
+        missing = [k for k in ("model_id", "factor", "codebook_size", "code_dim", "codebook_sha256", "image_size",
+                               "max_side") if k not in props]
+        if missing:
+            raise ValueError(f"ONNX graph lacks metadata {missing}; re-export it with `vqtok export MODEL`")
+        return cls(model_id=props["model_id"], factor=int(props["factor"]),
+                   codebook_size=int(props["codebook_size"]), code_dim=int(props["code_dim"]),
+                   codebook_sha256=props["codebook_sha256"], image_size=int(props["image_size"]),
+                   max_side=int(props["max_side"]), normalize_codes=props.get("normalize_codes") == "true",
+                   precision=props.get("precision", "fp32"), opset=int(props.get("opset", 0)),
+                   vqtok_version=props.get("vqtok_version", ""))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None = None,
+                   max_batch: int | None = None) -> np.ndarray:
+    """Check codes a model with this K, f and max_side can decode; return them as int32 [B, h, w].
+
+    Accepts a numpy integer array or nested lists, shaped [h, w] (one image) or [B, h, w]. Raises `InvalidCodes`
+    (a ValueError) saying what is wrong: non-integers (floats, bools, strings), values outside [0, K), a ragged
+    or empty grid, or a grid whose image (h·f × w·f) exceeds max_side.
+    """
+    try:
+        arr = np.asarray(codes)
+    except ValueError as err:  # ragged nested lists
+        raise InvalidCodes(f"codes must be a rectangular [h, w] or [B, h, w] grid of integers ({err})") from None
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidCodes(f"codes must be integers, got dtype {arr.dtype}; pass the int grid `encode` returned")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise InvalidCodes(f"codes must be a non-empty [h, w] or [B, h, w] grid, got shape {arr.shape}")
+    b, h, w = arr.shape
+    if max_side is not None and max(h, w) * factor > max_side:
+        raise InvalidCodes(f"a {h}×{w} code grid decodes to {h * factor}×{w * factor} pixels; this model allows "
+                           f"at most {max_side} per side ({max_side // factor} codes)")
+    if max_batch is not None and b > max_batch:
+        raise InvalidCodes(f"{b} code grids in one call; the limit is {max_batch}: split the batch")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= codebook_size:
+        raise InvalidCodes(f"codes must lie in [0, {codebook_size}), got values in [{lo}, {hi}]; were they made by "
+                           f"a model with a different codebook?")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+class OnnxTokenizer:
+    """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_dir`."""
+
+    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu",
+                 threads: int | None = None, max_batch: int | None = None):
+        import onnxruntime as ort
+
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device, self.max_batch = device, max_batch
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
+                     else ["CPUExecutionProvider"])
+        self.encoder = ort.InferenceSession(str(encoder_path), so, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), so, providers=providers)
+        if device == "cuda":
+            for s in (self.encoder, self.decoder):  # ORT silently falls back to the CPU when CUDA fails to load
+                if s.get_providers()[0] != "CUDAExecutionProvider":
+                    raise RuntimeError(
+                        f"CUDAExecutionProvider did not activate (active: {s.get_providers()}, available: "
+                        f"{ort.get_available_providers()}); install onnxruntime-gpu with a matching CUDA/cuDNN "
+                        "or use device='cpu'")
+        enc_meta = self.encoder.get_modelmeta().custom_metadata_map
+        dec_meta = self.decoder.get_modelmeta().custom_metadata_map
+        if enc_meta.get("codebook_sha256") != dec_meta.get("codebook_sha256"):
+            raise ValueError(f"{encoder_path} and {decoder_path} come from different models (codebook sha256 "
+                             "differs); re-export both with `vqtok export MODEL`")
+        self.metadata = ModelMetadata.from_props(enc_meta)
+
+    @classmethod
+    def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
+                 precision: str = "fp32", optimized: bool | None = None,
+                 max_batch: int | None = None) -> "OnnxTokenizer":
+        """Load `encoder.onnx` / `decoder.onnx` from a model folder or shipped id.
+
+        precision "fp16" loads the half-precision pair (for GPUs). `optimized` picks the ORT offline-optimised CPU
+        copies (`*.cpu-opt.onnx`); None uses them when present on CPU at fp32. `threads` sets intra-op threads
+        (default: ORT's choice; `VQTOK_ORT_THREADS` overrides).
+        """
+        d = resolve_model_dir(path_or_id)
+        if precision not in _NAMES:
+            raise ValueError(f"precision must be one of {sorted(_NAMES)}, got {precision!r}")
+        names = _NAMES[precision]
+        opt = _OPTIMIZED.get(precision)
+        if optimized is None:
+            optimized = device == "cpu" and opt is not None and all((d / n).is_file() for n in opt)
+        if optimized:
+            if opt is None or not all((d / n).is_file() for n in opt):
+                raise FileNotFoundError(f"{d} has no ORT-optimised {precision} graphs; run `vqtok export {d} "
+                                        "--optimize`")
+            names = opt
+        missing = [n for n in names if not (d / n).is_file()]
+        if missing:
+            flag = " --fp16" if precision == "fp16" else ""
+            raise FileNotFoundError(f"{d} has no {', '.join(missing)}; run `vqtok export {d}{flag}` first")
+        threads = threads or int(os.environ.get("VQTOK_ORT_THREADS", "0")) or None
+        return cls(d / names[0], d / names[1], device=device, threads=threads, max_batch=max_batch)
+
+    # convenience views of the metadata
+    @property
+    def factor(self) -> int:
+        return self.metadata.factor
+
+    @property
+    def codebook_size(self) -> int:
+        return self.metadata.codebook_size
+
+    # -- encode ----------------------------------------------------------------------------------------------------
+    def prepare(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize",
+                max_pixels: int | None = None) -> tuple[np.ndarray, list[Crop]]:
+        """Images → (uint8 [B, H, W, 3] batch, crops), by `tokenizer.preprocess.prepare` with this model's S and f.
+
+        `native` keeps each image's size (padded to a multiple of f), so a batch must share one padded size.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        items = _as_list(images)
+        if not items:
+            raise ValueError("no images given")
+        m = self.metadata
+        pairs = [prepare(src, policy=policy, size=m.image_size, factor=m.factor, max_pixels=max_pixels)
+                 for src in items]
+        shapes = {a.shape for a, _ in pairs}
+        if len(shapes) > 1:
+            raise ValueError(f"policy 'native' gave images of different sizes {sorted(shapes)}; encode them one "
+                             "call each, or use policy 'resize'")
+        return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
+
+    def encode_array(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [B, H, W, 3] (H, W multiples of f, at most max_side) → int64 codes [B, H/f, W/f]."""
+        m = self.metadata
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected uint8 [B, H, W, 3], got {batch.dtype} {batch.shape}")
+        b, h, w, _ = batch.shape
+        if b == 0 or h == 0 or w == 0 or h % m.factor or w % m.factor:
+            raise ValueError(f"H and W must be positive multiples of {m.factor}, got {h}×{w}; use prepare()")
+        if max(h, w) > m.max_side:
+            raise ValueError(f"image is {h}×{w}; this model allows at most {m.max_side} per side: use policy "
+                             "'resize' or downscale it first")
+        if self.max_batch is not None and b > self.max_batch:
+            raise ValueError(f"{b} images in one call; the limit is {self.max_batch}: split the batch")
+        codes = self.encoder.run(None, {"images": np.ascontiguousarray(batch)})[0]
+        return codes.astype(np.int64)
+
+    def encode(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize") -> np.ndarray:
+        """PIL images, bytes, paths or uint8 arrays (one or a list, or a uint8 [B, H, W, 3] batch) → int64 [B, h, w]."""
+        batch, _ = self.prepare(images, policy)
+        return self.encode_array(batch)
+
+    # -- decode ----------------------------------------------------------------------------------------------------
+    def validate(self, codes) -> np.ndarray:
+        """`validate_codes` with this model's K, f, max_side and batch limit."""
+        m = self.metadata
+        return validate_codes(codes, m.codebook_size, m.factor, m.max_side, self.max_batch)
+
+    def decode(self, codes) -> np.ndarray:
+        """Codes [B, h, w] or [h, w] (ints in [0, K)) → uint8 images [B, h·f, w·f, 3]. Raises `InvalidCodes`."""
+        return self.decoder.run(None, {"codes": self.validate(codes)})[0]
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
+                f"device={self.device!r})")
+
+
+def _as_list(images) -> list:
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
