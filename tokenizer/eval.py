@@ -1,0 +1,179 @@
+"""Reconstruction quality and codebook statistics of a tokenizer on a folder of images or a manifest split.
+
+`evaluate(model_or_path, data, ...)` → dict: PSNR and SSIM (scikit-image, on the uint8 images a user would see),
+perceptual distance (`tokenizer.perceptual.make_perceptual`), `fd_effnet` (Fréchet distance between real and
+reconstructed pooled EfficientNet-Lite0 features; it is not FID and, with fewer images than its 1280 dimensions,
+only comparable at a fixed image set), codebook usage and perplexity over the whole set, mean quantisation error
+‖e − q‖² (as the quantizer computes it) and bits per pixel of the raw codes. `write_reports` writes JSON, Markdown
+and a PNG grid of the worst and best reconstructions by PSNR.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from .data import list_images
+from .model import Tokenizer, to_model_range, to_uint8
+from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
+from .preprocess import prepare
+
+
+def psnr(real: np.ndarray, recon: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images [H, W, 3] (inf when identical)."""
+    if np.array_equal(real, recon):
+        return math.inf  # skimage divides by zero here (and warns)
+    return float(peak_signal_noise_ratio(real, recon, data_range=255))
+
+
+def ssim(real: np.ndarray, recon: np.ndarray) -> float:
+    """SSIM of two uint8 images [H, W, 3] (skimage defaults: 7×7 window, channel mean)."""
+    return float(structural_similarity(real, recon, data_range=255, channel_axis=-1))
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets a [N, D] and b [M, D] (N, M ≥ 2).
+
+    ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^½. With Σ₁ = AᵀA, Σ₂ = BᵀB (A, B the centred features / √(n − 1)),
+    tr (Σ₁Σ₂)^½ is the nuclear norm of ABᵀ (an N×M SVD): exact, and far cheaper and steadier than
+    `scipy.linalg.sqrtm` of a singular D×D product when N < D (tests/test_eval.py checks the two agree).
+    """
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("the Fréchet distance needs at least 2 images per set; evaluate on more images")
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    ca, cb = (a - a.mean(0)) / math.sqrt(len(a) - 1), (b - b.mean(0)) / math.sqrt(len(b) - 1)
+    tr_covmean = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
+    d = ((a.mean(0) - b.mean(0)) ** 2).sum() + (ca * ca).sum() + (cb * cb).sum() - 2 * tr_covmean
+    return float(max(0.0, d))
+
+
+def bits_per_pixel(codebook_size: int, h: int, w: int, height: int, width: int) -> float:
+    """Raw code rate: log2(K)·h·w / (H·W)."""
+    return math.log2(codebook_size) * h * w / (height * width)
+
+
+@torch.no_grad()
+def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² per position [B, h, w]), as the quantizer computes it."""
+    z = model.quant_proj(model.encoder(x))
+    b, d, h, w = z.shape
+    e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
+    if model.config.normalize_codes:
+        e = F.normalize(e, dim=-1, eps=1e-6)
+    codes = model.quantizer.nearest(e)
+    err = (e - model.quantizer.lookup_table()[codes]).pow(2).sum(-1)
+    return codes.view(b, h, w), err.view(b, h, w)
+
+
+def _keep_extremes(kept: list, n: int) -> list:
+    kept.sort(key=lambda t: t[0])
+    return kept if len(kept) <= 2 * n else kept[:n] + kept[-n:]
+
+
+@torch.no_grad()
+def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str | None = "val", size: int = 256,
+             batch_size: int = 8, perceptual: str = "effnet", *, device: str = "cpu", grid_n: int = 4,
+             fd_net: EffNetLite0 | None = None) -> dict:
+    """Metrics of `model_or_path` on `data` (folder, manifest TSV, or folder with manifest.tsv + `split`).
+
+    `perceptual`: 'effnet' | 'lpips' | 'none'. `fd_net` lets a caller reuse one loaded EffNetLite0 across calls.
+    The worst and best `grid_n` reconstructions are returned under the private key `_extremes` (see write_reports).
+    """
+    t0 = time.time()
+    model = model_or_path if isinstance(model_or_path, Tokenizer) else Tokenizer.from_pretrained(model_or_path)
+    was_training = model.training
+    model.eval()
+    dev = torch.device(device)
+    cfg, f = model.config, model.factor
+    paths = list_images(data, split)
+    pdist = make_perceptual(perceptual).to(dev) if perceptual != "none" else None
+    if fd_net is None:
+        fd_net = pdist.net if isinstance(pdist, PerceptualDistance) else EffNetLite0()
+    fd_net = fd_net.to(dev)
+
+    counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
+    err_sum, n_pos = 0.0, 0
+    per_image, p_dists, feats_real, feats_rec, kept = [], [], [], [], []
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i:i + batch_size]
+        real_u8 = torch.from_numpy(np.stack([prepare(p, "resize", size, f)[0] for p in chunk]))  # [B, H, W, 3]
+        x = to_model_range(real_u8).to(dev)
+        codes, err = encode_with_error(model, x)
+        recon = model.decode(codes)
+        rec_u8 = to_uint8(recon).cpu()
+        counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
+        err_sum, n_pos = err_sum + float(err.double().sum()), n_pos + err.numel()
+        recon_q = to_model_range(rec_u8).to(dev)  # score what a user sees: the rounded uint8 reconstruction
+        if pdist is not None:
+            p_dists += pdist(recon_q, x).flatten().cpu().tolist()
+        feats_real.append(fd_net.pooled(x).cpu().numpy())
+        feats_rec.append(fd_net.pooled(recon_q).cpu().numpy())
+        for p, a, b in zip(chunk, real_u8.numpy(), rec_u8.numpy()):
+            m = {"file": str(p), "psnr": psnr(a, b), "ssim": ssim(a, b)}
+            per_image.append(m)
+            kept = _keep_extremes(kept + [(m["psnr"], len(per_image) - 1, a, b)], grid_n)
+    model.train(was_training)
+
+    probs = counts.double() / counts.sum()
+    nz = probs[probs > 0]
+    h, w = size // f, size // f
+    return {
+        "model": str(model_or_path) if not isinstance(model_or_path, Tokenizer) else cfg.model_id or "<in-memory>",
+        "data": str(data), "split": split, "n_images": len(paths), "size": size, "policy": "resize",
+        "factor": f, "codebook_size": cfg.codebook_size, "tokens": [h, w],
+        "psnr": float(np.mean([m["psnr"] for m in per_image])),
+        "ssim": float(np.mean([m["ssim"] for m in per_image])),
+        "perceptual": float(np.mean(p_dists)) if p_dists else None, "perceptual_kind": perceptual,
+        "fd_effnet": frechet_distance(np.concatenate(feats_real), np.concatenate(feats_rec)),
+        "codes_used": int((counts > 0).sum()),
+        "usage_pct": 100.0 * int((counts > 0).sum()) / cfg.codebook_size,
+        "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
+        "quant_error": err_sum / n_pos,
+        "bpp": bits_per_pixel(cfg.codebook_size, h, w, size, size),
+        "seconds": time.time() - t0,
+        "per_image": per_image,
+        "_extremes": kept,
+    }
+
+
+SUMMARY_KEYS = ("psnr", "ssim", "perceptual", "fd_effnet", "usage_pct", "codes_used", "perplexity", "quant_error",
+                "bpp")
+
+
+def markdown_table(result: dict) -> str:
+    lines = [f"Evaluation of `{result['model']}` on `{result['data']}` (split {result['split']}, "
+             f"{result['n_images']} images, {result['size']}² `resize`, K={result['codebook_size']}, "
+             f"f={result['factor']}, perceptual: {result['perceptual_kind']})", "", "| metric | value |", "|---|---|"]
+    for k in SUMMARY_KEYS:
+        v = result[k]
+        lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_grid(extremes: list, path: Path) -> None:
+    """Rows of (real | reconstruction), worst PSNR at the top, best at the bottom, each labelled with its PSNR."""
+    rows = []
+    for value, _, a, b in extremes:
+        row = Image.fromarray(np.concatenate([a, b], axis=1))
+        ImageDraw.Draw(row).text((4, 4), f"{value:.2f} dB", fill=(255, 255, 0))
+        rows.append(np.asarray(row))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict[str, Path]:
+    """Write `<stem>.json`, `<stem>.md` and `<stem>_grid.png` into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "grid": out / f"{stem}_grid.png"}
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    files["json"].write_text(json.dumps(public, indent=2) + "\n")  # inf PSNR is written as Infinity
+    files["md"].write_text(markdown_table(result))
+    save_grid(result["_extremes"], files["grid"])
+    return files
