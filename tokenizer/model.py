@@ -183,7 +183,10 @@ class Tokenizer(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """float [B, 3, H, W] in [-1, 1] → int64 codes [B, H/f, W/f]."""
         self._check_image(x)
-        z = self.quant_proj(self.encoder(x))                       # [B, d, h, w]
+        # Codes are the model's identity: the whole encode path runs in the weights' precision, never under an
+        # ambient autocast (a bf16 encoder alone flips ~0.5% of codes, so "fp32 distance" is not enough).
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = self.quant_proj(self.encoder(x))                   # [B, d, h, w]
         b, d, h, w = z.shape
         e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         if self.config.normalize_codes:
