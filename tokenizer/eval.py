@@ -79,11 +79,12 @@ def _keep_extremes(kept: list, n: int) -> list:
 
 @torch.no_grad()
 def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str | None = "val", size: int = 256,
-             batch_size: int = 8, perceptual: str = "effnet", *, device: str = "cpu", grid_n: int = 4,
+             batch_size: int = 8, perceptual: str | torch.nn.Module = "effnet", *, device: str = "cpu", grid_n: int = 4,
              fd_net: EffNetLite0 | None = None) -> dict:
     """Metrics of `model_or_path` on `data` (folder, manifest TSV, or folder with manifest.tsv + `split`).
 
-    `perceptual`: 'effnet' | 'lpips' | 'none'. `fd_net` lets a caller reuse one loaded EffNetLite0 across calls.
+    `perceptual`: 'effnet' | 'lpips' | 'none', or a loaded distance module (x, y) → [B]; with `fd_net` (an
+    EffNetLite0) a caller evaluating many models loads the networks once.
     The worst and best `grid_n` reconstructions are returned under the private key `_extremes` (see write_reports).
     """
     t0 = time.time()
@@ -93,7 +94,12 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
     dev = torch.device(device)
     cfg, f = model.config, model.factor
     paths = list_images(data, split)
-    pdist = make_perceptual(perceptual).to(dev) if perceptual != "none" else None
+    kind = perceptual if isinstance(perceptual, str) else (
+        "effnet" if isinstance(perceptual, PerceptualDistance) else type(perceptual).__name__)
+    if isinstance(perceptual, str):
+        pdist = make_perceptual(perceptual).to(dev) if perceptual != "none" else None
+    else:
+        pdist = perceptual.to(dev)
     if fd_net is None:
         fd_net = pdist.net if isinstance(pdist, PerceptualDistance) else EffNetLite0()
     fd_net = fd_net.to(dev)
@@ -130,7 +136,7 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
         "factor": f, "codebook_size": cfg.codebook_size, "tokens": [h, w],
         "psnr": float(np.mean([m["psnr"] for m in per_image])),
         "ssim": float(np.mean([m["ssim"] for m in per_image])),
-        "perceptual": float(np.mean(p_dists)) if p_dists else None, "perceptual_kind": perceptual,
+        "perceptual": float(np.mean(p_dists)) if p_dists else None, "perceptual_kind": kind,
         "fd_effnet": frechet_distance(np.concatenate(feats_real), np.concatenate(feats_rec)),
         "codes_used": int((counts > 0).sum()),
         "usage_pct": 100.0 * int((counts > 0).sum()) / cfg.codebook_size,
