@@ -1,0 +1,234 @@
+"""The three batched LitAPIs: `/v1/encode`, `/v1/decode`, `/v1/reconstruct`.
+
+Each has an edge half and a worker half:
+- `parse(request)` runs in the HTTP process: it reads, validates and preprocesses the request (see `edge.py`), so
+  the queue only carries good payloads (a model id, a uint8 image or an int32 code grid, and reply options);
+- `decode_request → predict → encode_response` run in the inference workers. `predict` groups a batch by
+  (model, shape), runs one ONNX Runtime call per group and never fails as a whole: if a group call raises, its
+  items are retried one by one and only the failing ones get a 500 result.
+Results travel back as plain dicts (`{"status", "body", "media_type", "headers"}` or an error) and become HTTP
+responses in the HTTP process.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from typing import Any
+
+import litserve as ls
+import numpy as np
+from PIL import Image
+from starlette.requests import Request
+
+from tokenizer.preprocess import POLICIES
+
+from . import metrics
+from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .registry import Registry
+
+logger = logging.getLogger("vqtok.server")
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def ok(body: bytes, media_type: str, headers: dict | None = None) -> dict:
+    return {"status": 200, "body": body, "media_type": media_type, "headers": headers or {}}
+
+
+def failed(message: str = "inference failed; the server log has the details") -> dict:
+    return {"status": 500, "code": "internal_error", "message": message}
+
+
+class TokenizerAPI(ls.LitAPI):
+    """Shared parts: model loading per worker, batching by (model, shape), failure isolation."""
+
+    endpoint = ""
+    summary = ""
+    request_body: dict = {}
+
+    def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
+                 threads: int | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=f"/v1/{self.endpoint}")
+        self.registry, self.limits, self.threads = registry, limits, threads
+        self.models: dict = {}
+
+    # -- worker half ------------------------------------------------------------------------------------------------
+    def setup(self, device: str) -> None:
+        from export.runtime import OnnxTokenizer
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
+        kind = "cpu"
+        if device.startswith("cuda"):  # one worker set per GPU: pin this worker to its device
+            index = int(device.partition(":")[2] or 0)
+            visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[index] if visible else str(index)
+            kind = "cuda"
+        for mid, entry in self.registry.models.items():
+            tok = OnnxTokenizer.from_dir(entry.path, device=kind, threads=self.threads)
+            s = entry.image_size  # warm-up: first runs allocate arenas (and tune cuDNN on GPUs)
+            tok.decode(tok.encode_array(np.zeros((1, s, s, 3), np.uint8)))
+            self.models[mid] = tok
+        logger.info("%s worker ready on %s: %s", self.api_path, device, ", ".join(self.models))
+
+    def decode_request(self, request: dict) -> dict:
+        return request
+
+    def predict(self, x: Any) -> Any:
+        batched = self.max_batch_size > 1
+        out = self.run_batch(x if batched else [x])
+        return out if batched else out[0]
+
+    def encode_response(self, output: dict) -> dict:
+        return output
+
+    def run_batch(self, items: list[dict]) -> list[dict]:
+        metrics.BATCH_SIZE.labels(self.api_path).observe(len(items))
+        results: list[dict] = [failed()] * len(items)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[(item["model"], item[self.shape_key].shape)].append(i)
+        for (mid, _), index in groups.items():
+            start = time.perf_counter()
+            try:
+                outs = self.run_group(mid, [items[i] for i in index])
+            except Exception:
+                logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(index))
+                outs = [self._run_alone(mid, items[i]) for i in index]
+            metrics.INFERENCE.labels(self.api_path, mid).observe(time.perf_counter() - start)
+            for i, out in zip(index, outs):
+                results[i] = out
+        return results
+
+    def _run_alone(self, mid: str, item: dict) -> dict:
+        try:
+            return self.run_group(mid, [item])[0]
+        except Exception:
+            logger.exception("%s: request failed in the model", self.api_path)
+            return failed()
+
+    shape_key = "image"
+
+    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    def count(self, mid: str, images: int, codes: int) -> None:
+        metrics.IMAGES.labels(self.api_path, mid).inc(images)
+        metrics.CODES.labels(self.api_path, mid).inc(codes)
+
+    # -- edge half (HTTP process) -----------------------------------------------------------------------------------
+    async def parse(self, request: Request) -> dict:
+        raise NotImplementedError
+
+    async def parse_image(self, request: Request, formats: tuple[str, ...]) -> dict:
+        body = await parse_body(request, self.limits, "image")
+        entry = lookup_model(request, self.registry, body.fields)
+        policy = text_field(body.fields, "policy", "resize", POLICIES)
+        fmt = text_field(body.fields, "format", formats[0], formats)
+        data = image_bytes(body)
+        arr, valid = await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
+        return {"model": entry.id, "image": arr, "valid": valid, "policy": policy, "format": fmt}
+
+
+_IMAGE_BODY = {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+    "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "description": "base64 image bytes"}, "model": {"type": "string"},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+}
+
+
+class EncodeAPI(TokenizerAPI):
+    endpoint = "encode"
+    summary = "Image → code grid (JSON, or int64 .npy with format=npy)"
+    request_body = _IMAGE_BODY
+
+    async def parse(self, request: Request) -> dict:
+        return await self.parse_image(request, ("json", "npy"))
+
+    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+        codes = self.models[mid].encode_array(np.stack([it["image"] for it in items]))
+        entry, out = self.registry.models[mid], []
+        for item, grid in zip(items, codes):
+            h, w = grid.shape
+            headers = {"X-Vqtok-Model": mid, "X-Vqtok-Codebook-Sha256": entry.codebook_sha256,
+                       "X-Vqtok-Shape": f"{h},{w}"}
+            if item["format"] == "npy":
+                buf = io.BytesIO()
+                np.save(buf, grid.astype(np.int64))
+                out.append(ok(buf.getvalue(), "application/x-npy", headers))
+            else:
+                reply = {"model": mid, "codebook_size": entry.codebook_size, "codebook_sha256": entry.codebook_sha256,
+                         "factor": entry.factor, "policy": item["policy"], "input_size": list(item["valid"]),
+                         "shape": [h, w], "codes": grid.tolist()}
+                out.append(ok(json.dumps(reply).encode(), "application/json", headers))
+        self.count(mid, len(items), int(codes.size))
+        return out
+
+
+class DecodeAPI(TokenizerAPI):
+    endpoint = "decode"
+    summary = "Code grid → PNG (or JSON with a base64 PNG with format=json)"
+    shape_key = "codes"
+    request_body = {
+        "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
+            "codes": {"type": "array", "description": "[[...]] grid, or a flat list with 'shape'"},
+            "shape": {"type": "array", "items": {"type": "integer"}}, "model": {"type": "string"},
+            "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": ["png", "json"]}}}},
+        "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+    }
+
+    async def parse(self, request: Request) -> dict:
+        body = await parse_body(request, self.limits, "codes")
+        entry = lookup_model(request, self.registry, body.fields)
+        fmt = text_field(body.fields, "format", "png", ("png", "json"))
+        codes = await asyncio.to_thread(parse_codes, body, entry, self.limits)
+        return {"model": entry.id, "codes": codes, "format": fmt}
+
+    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+        images = self.models[mid].decode(np.stack([it["codes"] for it in items]))
+        self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
+        return [image_reply(mid, img, it["format"]) for it, img in zip(items, images)]
+
+
+class ReconstructAPI(TokenizerAPI):
+    endpoint = "reconstruct"
+    summary = "Image → encode → decode → PNG (or JSON with a base64 PNG with format=json)"
+    request_body = _IMAGE_BODY
+
+    async def parse(self, request: Request) -> dict:
+        return await self.parse_image(request, ("png", "json"))
+
+    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+        tok = self.models[mid]
+        codes = tok.encode_array(np.stack([it["image"] for it in items]))
+        images = tok.decode(codes)
+        self.count(mid, len(items), int(codes.size))
+        return [image_reply(mid, img[: it["valid"][0], : it["valid"][1]], it["format"])
+                for it, img in zip(items, images)]
+
+
+def image_reply(mid: str, img: np.ndarray, fmt: str) -> dict:
+    png = png_bytes(img)
+    headers = {"X-Vqtok-Model": mid}
+    if fmt == "json":
+        reply = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0]),
+                 "image": base64.b64encode(png).decode("ascii")}
+        return ok(json.dumps(reply).encode(), "application/json", headers)
+    return ok(png, "image/png", headers)
+
+
+API_CLASSES = (EncodeAPI, DecodeAPI, ReconstructAPI)

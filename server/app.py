@@ -1,0 +1,231 @@
+"""The vqtok tokenizer server: one LitServer with three batched LitAPIs plus GET routes.
+
+Routes: POST /v1/encode, /v1/decode, /v1/reconstruct (dynamic batching across requests); GET /v1/models,
+/metrics (Prometheus), /health (LitServe: 200 once every worker has loaded every model), /info, /docs.
+
+What this adds to LitServe 0.2.19 (pinned):
+- requests are parsed and validated at the edge (`TokenizerAPI.parse`, in the HTTP process) before they are queued;
+- errors are JSON `{"error": {"code", "message"}}` (errors.py), the API key is checked for every route but /health;
+- start-up waits for *every* worker and refuses to run if any fails (e.g. CUDA not really active);
+- shutdown on SIGTERM/SIGINT drains the HTTP processes first (in-flight requests finish while the workers still
+  run), then stops the workers and the manager, and reaps any child left.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import litserve as ls
+from fastapi import Request, Response
+from litserve.server import RegularRequestHandler
+from litserve.utils import WorkerSetupStatus
+from PIL import Image
+
+from . import metrics
+from .apis import API_CLASSES, TokenizerAPI
+from .auth import ApiKeyMiddleware
+from .edge import Limits
+from .errors import error_response, install_error_handlers
+from .registry import Registry
+
+logger = logging.getLogger("vqtok.server")
+API_KEY_ENV = "VQTOK_API_KEY"
+
+
+@dataclass
+class Settings:
+    device: str = "cpu"  # "cpu" or "cuda" (every visible GPU, one worker set each)
+    workers: int = 1  # inference workers per device, for each of the three endpoints
+    max_batch_size: int = 8
+    batch_timeout: float = 0.01  # seconds a batch waits to fill
+    max_pixels: int = 4096 * 4096  # decoded source images and decoded outputs
+    max_body_mb: float = 32.0
+    api_key: str | None = None
+    threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
+    timeout: float = 60.0  # seconds a request may wait in the queue
+    graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels))
+
+
+def visible_gpus() -> int:
+    """CUDA devices LitServe would use (nvidia-smi, restricted by CUDA_VISIBLE_DEVICES)."""
+    from litserve.connector import check_cuda_with_nvidia_smi
+
+    return check_cuda_with_nvidia_smi()
+
+
+def threads_per_worker(settings: Settings, devices: int) -> int:
+    """Intra-op threads so that all workers together use the cores once (never oversubscribed)."""
+    if settings.threads:
+        return settings.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // (settings.workers * devices * len(API_CLASSES)))
+
+
+class _EdgeHandler(RegularRequestHandler):
+    """LitServe's request handler with our parser in front and our response shape behind."""
+
+    async def _prepare_request(self, request: Request, request_type) -> dict:
+        return await self.lit_api.parse(request)
+
+    async def handle_request(self, request: Request, request_type) -> Response:
+        result = await super().handle_request(request, request_type)
+        if result.get("status") != 200:
+            return error_response(result.get("status", 500), result.get("message", "request failed"),
+                                  result.get("code"))
+        return Response(result["body"], media_type=result["media_type"], headers=result.get("headers"))
+
+
+class VqtokServer(ls.LitServer):
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        if settings.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be 'cpu' or 'cuda', got {settings.device!r}")
+        devices = 1
+        if settings.device == "cuda":
+            devices = _check_cuda()
+        if Image.MAX_IMAGE_PIXELS is None:  # keep Pillow's decompression-bomb guard on
+            Image.MAX_IMAGE_PIXELS = 89_478_485
+        self.registry, self.settings = registry, settings
+        threads = threads_per_worker(settings, devices)
+        apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads)
+                for cls in API_CLASSES]
+        self._stop_lock, self._stopped = threading.Lock(), False
+        super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
+                         timeout=settings.timeout, model_metadata=registry.describe(),
+                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}), (metrics.MetricsMiddleware, {})])
+        self.uvicorn_graceful_timeout = settings.graceful_timeout
+        install_error_handlers(self.app)
+        self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
+                               tags=["vqtok"])
+        self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
+                               tags=["vqtok"])
+        logger.info("serving %s (default %s) on %s, %d worker(s) per endpoint per device, %d ORT thread(s) each",
+                    ", ".join(registry.models), registry.default, settings.device, settings.workers, threads)
+
+    async def _models_route(self) -> dict:
+        return self.registry.describe()
+
+    async def _metrics_route(self) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- LitServe hooks --------------------------------------------------------------------------------------------
+    def _register_api_endpoints(self, lit_api: TokenizerAPI, request_type, response_type) -> None:
+        handler = _EdgeHandler(lit_api, self)
+
+        async def endpoint(request: Request) -> Response:
+            return await handler.handle_request(request, Request)
+
+        self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
+                               tags=["vqtok"], response_class=Response,
+                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}})
+
+    def verify_worker_status(self) -> None:
+        """Wait until *every* worker has loaded every model; refuse to start if any failed."""
+        while True:
+            states = dict(self.workers_setup_status)
+            dead = [p for p in self.inference_workers if not p.is_alive()]
+            if dead or WorkerSetupStatus.ERROR in states.values():
+                raise RuntimeError("an inference worker failed to load the models (see the log above); "
+                                   "nothing is served")
+            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
+                return
+            time.sleep(0.05)
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        procs = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
+        for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
+            if w.is_alive():
+                w.terminate()
+        for w in procs:
+            w.join(self.uvicorn_graceful_timeout + 5)
+            if w.is_alive():
+                w.kill()
+        rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
+        super()._perform_graceful_shutdown(manager, rest, "normal")
+
+    def run(self, *args, **kwargs) -> None:
+        try:
+            super().run(*args, **kwargs)
+        finally:
+            reap_children()
+
+
+def _check_cuda() -> int:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "
+                           f"{ort.get_available_providers()}); install onnxruntime-gpu or use --device cpu")
+    n = visible_gpus()
+    if n < 1:
+        raise RuntimeError("--device cuda: nvidia-smi shows no visible GPU; check the driver, "
+                           "CUDA_VISIBLE_DEVICES (and `docker run --gpus all`), or use --device cpu")
+    return n
+
+
+def reap_children(timeout: float = 5.0) -> None:
+    """Stop any multiprocessing child still alive (workers, HTTP processes, the manager)."""
+    children = mp.active_children()
+    for p in children:
+        p.terminate()
+    for p in children:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join(1)
+
+
+def build_server(models_dir: str | Path | None = None, models: list[str] | None = None,
+                 default_model: str | None = None, settings: Settings | None = None) -> VqtokServer:
+    """A ready-to-run server for the models under `models_dir` (default: the shipped weights folder)."""
+    settings = settings or Settings()
+    if settings.api_key is None:
+        settings.api_key = os.environ.get(API_KEY_ENV) or None
+    return VqtokServer(Registry.scan(models_dir, models, default_model), settings)
+
+
+def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_servers: int | None = None,
+          log_level: str = "info") -> None:
+    """Run until SIGTERM/SIGINT, then shut down cleanly (in-flight requests finish, no child left behind)."""
+    main_pid = os.getpid()
+
+    def on_signal(signum: int, frame) -> None:
+        if os.getpid() != main_pid:  # a forked child re-raising after its own graceful stop: die the default way
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)  # one clean shutdown; a second signal must not interrupt it
+        event = getattr(server, "_shutdown_event", None)
+        if event is None:
+            raise KeyboardInterrupt  # still starting: unwind; run() reaps what was started
+        logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+        # a fresh thread gets its own manager connection (the main one is busy waiting on this very event)
+        threading.Thread(target=_set_event, args=(event,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if api_servers is None:
+        api_servers = max(1, len(server.devices) * server.settings.workers)
+    server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
+
+
+def _set_event(event) -> None:
+    try:
+        event.set()
+    except Exception:  # the manager is already gone: shutdown is under way anyway
+        pass

@@ -1,0 +1,219 @@
+"""Request parsing and validation at the edge, in the HTTP process, before anything reaches the batcher.
+
+Everything a client can get wrong is caught here and turned into an `ApiError` (400/404/413/415/422), so a
+batch only ever holds requests that are known to be good: one bad request cannot fail its batch-mates.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+
+from export.runtime import InvalidCodes, validate_codes
+from tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
+
+from .errors import ApiError, bad_request
+from .registry import ModelEntry, Registry, UnknownModel
+
+NPY_TYPES = frozenset({"application/x-npy", "application/npy", "application/octet-stream"})
+RAW_TYPES = NPY_TYPES | {"application/x-www-form-urlencoded", ""}  # curl --data-binary sends urlencoded
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    max_pixels: int
+
+
+@dataclass
+class Body:
+    fields: dict[str, Any]  # query parameters, overridden by JSON or multipart fields
+    blob: bytes | None  # an uploaded file or a raw image / .npy body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.strip().isdigit():
+        raise bad_request("invalid Content-Length header")
+    if declared is not None and int(declared) > limit:
+        raise _body_too_large(limit)
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _body_too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise bad_request("the client disconnected before sending the whole body") from None
+    request._body = body = b"".join(chunks)  # lets request.form() parse what was read
+    return body
+
+
+def _body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body over the {limit / 2**20:g} MiB limit; send a smaller "
+                    "image (or start the server with a larger --max-body-mb)")
+
+
+async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
+    """JSON object, multipart form (file in `file_field`), or a raw image / .npy body."""
+    body = await read_body(request, limits.max_body_bytes)
+    mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fields: dict[str, Any] = dict(request.query_params)
+    if mtype == "application/json" or mtype.endswith("+json") or (not mtype and body.lstrip()[:1] == b"{"):
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise bad_request(f"malformed JSON body: {err}", "invalid_json") from None
+        if not isinstance(data, dict):
+            raise bad_request("the JSON body must be an object", "invalid_json")
+        return Body({**fields, **data}, None)
+    if mtype == "multipart/form-data":
+        return await _parse_multipart(request, fields, file_field)
+    if mtype.startswith("image/") or mtype in RAW_TYPES:
+        return Body(fields, body)
+    raise ApiError(415, "unsupported_media_type", f"Content-Type {mtype!r} is not accepted: send application/json, "
+                   "multipart/form-data, an image/* body or an application/x-npy body")
+
+
+async def _parse_multipart(request: Request, fields: dict, file_field: str) -> Body:
+    try:
+        form = await request.form(max_files=2, max_fields=32)
+    except (MultiPartException, ValueError, KeyError) as err:
+        raise bad_request(f"malformed multipart body: {err}", "invalid_multipart") from None
+    blob = None
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != file_field:
+                    raise bad_request(f"unexpected file field {key!r}; send the file as {file_field!r}",
+                                      "invalid_multipart")
+                blob = await value.read()
+            else:
+                fields[key] = value
+    finally:
+        await form.close()
+    return Body(fields, blob)
+
+
+def text_field(fields: dict, key: str, default: str | None = None, choices: tuple | None = None) -> str | None:
+    value = fields.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{key!r} must be a string, got {type(value).__name__}", "invalid_parameter")
+    if choices and value not in choices:
+        raise bad_request(f"{key!r} must be one of {', '.join(choices)}; got {value[:40]!r}", "invalid_parameter")
+    return value
+
+
+def lookup_model(request: Request, registry: Registry, fields: dict) -> ModelEntry:
+    """The registry entry named by the `model` field (default model when absent); 404 for unknown ids."""
+    name = text_field(fields, "model")
+    try:
+        entry = registry.get(name)
+    except UnknownModel:
+        raise ApiError(404, "model_not_found", f"unknown model {name[:80]!r}; served models: "
+                       f"{', '.join(registry.models)} (GET /v1/models)") from None
+    request.state.vqtok_model = entry.id  # for the metrics labels
+    return entry
+
+
+def image_bytes(body: Body) -> bytes:
+    """The uploaded image: a file/raw body, or the base64 `image` field (a data: URL prefix is allowed)."""
+    if body.blob is not None:
+        if not body.blob:
+            raise bad_request("empty body: send an image (multipart field 'image', JSON base64 'image', or raw)")
+        return body.blob
+    value = body.fields.get("image")
+    if value is None:
+        raise bad_request("no image: send multipart field 'image', JSON {\"image\": \"<base64>\"} or a raw body")
+    if not isinstance(value, str):
+        raise bad_request("'image' must be a base64 string", "invalid_base64")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise bad_request(f"'image' is not valid base64 ({err})", "invalid_base64") from None
+    if not data:
+        raise bad_request("'image' is empty", "invalid_base64")
+    return data
+
+
+def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode and preprocess (`tokenizer.preprocess.prepare`) → (uint8 [H, W, 3], valid (height, width))."""
+    try:
+        arr, crop = prepare(data, policy=policy, size=entry.image_size, factor=entry.factor,
+                            max_pixels=limits.max_pixels)
+    except ImageTooLarge as err:
+        raise ApiError(413, "image_too_large", f"{err}; send a smaller image") from None
+    except (InvalidImage, OSError, ValueError, SyntaxError) as err:
+        why = str(err) if isinstance(err, InvalidImage) and "BytesIO" not in str(err) else type(err).__name__
+        raise ApiError(415, "unsupported_image", f"the upload is not a decodable image ({why}); send PNG, JPEG, "
+                       "WebP, GIF, BMP or TIFF") from None
+    if max(arr.shape[:2]) > entry.max_side:
+        raise ApiError(413, "image_too_large", f"a {arr.shape[1]}×{arr.shape[0]} image is over this model's "
+                       f"{entry.max_side}-pixel side limit for policy 'native'; use policy 'resize' or downscale it")
+    return arr, (crop.height, crop.width)
+
+
+def parse_codes(body: Body, entry: ModelEntry, limits: Limits) -> np.ndarray:
+    """A 2-D code grid the model can decode, as int32 [h, w] (422 for bad codes, 413 over the pixel limit)."""
+    if body.blob is not None:
+        raw = _load_npy(body.blob)
+    elif "codes" in body.fields:
+        raw = body.fields["codes"]
+    else:
+        raise bad_request("no codes: send JSON {\"codes\": [[...]]} (or a flat list with \"shape\") or .npy bytes")
+    shape = body.fields.get("shape")
+    if shape is not None:
+        raw = _reshape(raw, shape)
+    try:
+        grid = validate_codes(raw, entry.codebook_size, entry.factor, entry.max_side)
+    except InvalidCodes as err:
+        raise ApiError(422, "invalid_codes", str(err)) from None
+    if grid.shape[0] != 1:
+        raise ApiError(422, "invalid_codes", f"one [h, w] code grid per request, got {grid.shape[0]}")
+    h, w = grid.shape[1:]
+    if h * w * entry.factor ** 2 > limits.max_pixels:
+        raise ApiError(413, "image_too_large", f"a {h}×{w} grid decodes to {h * w * entry.factor ** 2} pixels; "
+                       f"the server limit is {limits.max_pixels}")
+    expected = text_field(body.fields, "codebook_sha256")
+    if expected is not None and expected.lower() != entry.codebook_sha256:
+        raise ApiError(422, "codebook_mismatch", f"codebook_sha256 {expected[:64]!r} does not match model "
+                       f"{entry.id!r} ({entry.codebook_sha256}): these codes belong to another vocabulary")
+    return grid[0]
+
+
+def _load_npy(blob: bytes) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(blob), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError) as err:
+        raise bad_request(f"the body is not a .npy array (np.save): {err}", "invalid_npy") from None
+    if not isinstance(arr, np.ndarray):
+        raise bad_request("send one .npy array, not an .npz archive", "invalid_npy")
+    return arr
+
+
+def _reshape(raw: Any, shape: Any) -> np.ndarray:
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise ApiError(422, "invalid_codes", f"'shape' must be [h, w] with positive integers, got {str(shape)[:80]}")
+    try:
+        flat = np.asarray(raw)
+    except ValueError:
+        flat = np.asarray([], dtype=object)
+    if flat.ndim != 1 or flat.size != shape[0] * shape[1]:
+        raise ApiError(422, "invalid_codes", f"with 'shape' {list(shape)}, 'codes' must be a flat list of "
+                       f"{shape[0] * shape[1]} integers")
+    return flat.reshape(shape[0], shape[1])

@@ -1,0 +1,84 @@
+"""Prometheus metrics shared by every process of one server (HTTP processes and inference workers).
+
+prometheus_client's multiprocess mode: each process writes its samples under one directory and `/metrics`
+merges them. The directory is created by the first process that imports this module (the `vqtok serve` process)
+and inherited through `VQTOK_METRICS_DIR` by the workers it starts; it is removed when that process exits.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import time
+
+_DIR_ENV = "VQTOK_METRICS_DIR"
+
+
+def _metrics_dir() -> str:
+    d = os.environ.get(_DIR_ENV)
+    if not d or not os.path.isdir(d):
+        d = tempfile.mkdtemp(prefix="vqtok-metrics-")
+        os.environ[_DIR_ENV] = d
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
+    return d
+
+
+METRICS_DIR = _metrics_dir()
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,  # noqa: E402
+                               generate_latest, multiprocess, values)
+
+if values.ValueClass is values.MutexValue:  # prometheus_client was imported before the directory was set
+    values.ValueClass = values.get_value_class()
+
+ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/health", "/metrics", "/info")
+
+REQUESTS = Counter("vqtok_requests_total", "HTTP requests by endpoint, model and status",
+                   ["endpoint", "model", "status"])
+LATENCY = Histogram("vqtok_request_duration_seconds", "HTTP request latency (arrival to last byte)",
+                    ["endpoint", "model"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+BATCH_SIZE = Histogram("vqtok_batch_size", "requests per dynamic batch reaching a model",
+                       ["endpoint"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+INFERENCE = Histogram("vqtok_inference_duration_seconds", "ONNX Runtime time per batch group",
+                      ["endpoint", "model"],
+                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+IMAGES = Counter("vqtok_images_processed_total", "images encoded, decoded or reconstructed", ["endpoint", "model"])
+CODES = Counter("vqtok_codes_processed_total", "code tokens produced (encode) or consumed (decode)",
+                ["endpoint", "model"])
+
+
+def render() -> tuple[bytes, str]:
+    """The merged samples of every process, in the Prometheus text format."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=METRICS_DIR)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class MetricsMiddleware:
+    """Counts requests and observes latency per endpoint/model/status (model: set by the route in scope state)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), {"code": 500}
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope.get("path", "")
+            endpoint = path if path in ENDPOINTS else "other"
+            model = (scope.get("state") or {}).get("vqtok_model", "")
+            REQUESTS.labels(endpoint, model, str(status["code"])).inc()
+            LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
