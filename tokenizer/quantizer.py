@@ -161,7 +161,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _revive_dead(self, e: torch.Tensor, codes: torch.Tensor) -> None:
         """Re-seed codes whose recent assignment frequency fell below the threshold from this batch's outputs."""
-        freq = torch.bincount(codes, minlength=self.codebook_size).float() / codes.numel()
+        count = torch.bincount(codes, minlength=self.codebook_size).float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Global frequencies: every rank must find the same dead codes (else the broadcast below mismatches).
+            torch.distributed.all_reduce(count)
+        freq = count / count.sum().clamp_min(1)
         self.usage_ema.mul_(0.99).add_(freq, alpha=0.01)
         dead = (self.usage_ema < self.dead_threshold / self.codebook_size).nonzero().squeeze(1)
         if dead.numel() == 0:

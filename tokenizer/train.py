@@ -142,7 +142,9 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "disc": self.disc.state_dict(), "opt": self.opt.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "step": torch.tensor(self.step), "rng": _rng_state(),
-                "ema": self.ema.state_dict() if self.ema is not None else {}}
+                "ema": self.ema.state_dict() if self.ema is not None else {},
+                # Not in the model's state_dict (non-persistent), but dead-code revival decides on it.
+                "quantizer_usage": self.model.quantizer.usage_ema.detach().clone()}
 
     def load_state(self, path: Path) -> None:
         s = torch.load(path, map_location=self.device, weights_only=True)
@@ -152,6 +154,8 @@ class Trainer:
         self.opt_d.load_state_dict(s["opt_d"])
         if self.ema is not None and s["ema"]:
             self.ema.load_state_dict(s["ema"])
+        if "quantizer_usage" in s:
+            self.model.quantizer.usage_ema.copy_(s["quantizer_usage"])
         self.step = int(s["step"])
         _set_rng_state({k: v.cpu() for k, v in s["rng"].items()})
 
@@ -223,7 +227,11 @@ class Trainer:
         sampler = ResumableSampler(len(dataset), cfg.seed, self.step * cfg.batch_size * self.world, self.rank, self.world)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                                              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda",
+                                             # Its own generator: creating the iterator must not consume the
+                                             # global torch RNG that training (dead-code revival) draws from,
+                                             # or a resumed run diverges from an uninterrupted one.
+                                             generator=torch.Generator().manual_seed(cfg.seed))
         bar = None
         if cfg.progress and self.rank == 0:
             from tqdm import tqdm
