@@ -93,7 +93,7 @@ class TokenizerAPI(ls.LitAPI):
         return output
 
     def run_batch(self, items: list[dict]) -> list[dict]:
-        metrics.BATCH_SIZE.labels(self.api_path).observe(len(items))
+        metrics.get().batch_size.labels(self.api_path).observe(len(items))
         results: list[dict] = [failed()] * len(items)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
@@ -105,7 +105,7 @@ class TokenizerAPI(ls.LitAPI):
             except Exception:
                 logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(index))
                 outs = [self._run_alone(mid, items[i]) for i in index]
-            metrics.INFERENCE.labels(self.api_path, mid).observe(time.perf_counter() - start)
+            metrics.get().inference.labels(self.api_path, mid).observe(time.perf_counter() - start)
             for i, out in zip(index, outs):
                 results[i] = out
         return results
@@ -123,8 +123,8 @@ class TokenizerAPI(ls.LitAPI):
         raise NotImplementedError
 
     def count(self, mid: str, images: int, codes: int) -> None:
-        metrics.IMAGES.labels(self.api_path, mid).inc(images)
-        metrics.CODES.labels(self.api_path, mid).inc(codes)
+        metrics.get().images.labels(self.api_path, mid).inc(images)
+        metrics.get().codes.labels(self.api_path, mid).inc(codes)
 
     # -- edge half (HTTP process) -----------------------------------------------------------------------------------
     async def parse(self, request: Request) -> dict:

@@ -95,6 +95,7 @@ class VqtokServer(ls.LitServer):
         if Image.MAX_IMAGE_PIXELS is None:  # keep Pillow's decompression-bomb guard on
             Image.MAX_IMAGE_PIXELS = 89_478_485
         self.registry, self.settings = registry, settings
+        metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
         threads = threads_per_worker(settings, devices)
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads)
                 for cls in API_CLASSES]

@@ -1,8 +1,8 @@
 """Prometheus metrics shared by every process of one server (HTTP processes and inference workers).
 
 prometheus_client's multiprocess mode: each process writes its samples under one directory and `/metrics`
-merges them. The directory is created by the first process that imports this module (the `vqtok serve` process)
-and inherited through `VQTOK_METRICS_DIR` by the workers it starts; it is removed when that process exits.
+merges them. The directory is created on first use by the serving process (`VqtokServer.__init__`) and
+inherited through `VQTOK_METRICS_DIR` by the workers it starts; it is removed when that process exits.
 """
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import os
 import shutil
 import tempfile
 import time
+from types import SimpleNamespace
 
 _DIR_ENV = "VQTOK_METRICS_DIR"
+ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/health", "/metrics", "/info")
+_metrics: SimpleNamespace | None = None
 
 
 def _metrics_dir() -> str:
@@ -26,35 +29,42 @@ def _metrics_dir() -> str:
     return d
 
 
-METRICS_DIR = _metrics_dir()
+def get() -> SimpleNamespace:
+    """The metric objects, created on first use (after the shared directory is set up)."""
+    global _metrics
+    if _metrics is not None:
+        return _metrics
+    path = _metrics_dir()
+    from prometheus_client import Counter, Histogram, values
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram,  # noqa: E402
-                               generate_latest, multiprocess, values)
-
-if values.ValueClass is values.MutexValue:  # prometheus_client was imported before the directory was set
-    values.ValueClass = values.get_value_class()
-
-ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/health", "/metrics", "/info")
-
-REQUESTS = Counter("vqtok_requests_total", "HTTP requests by endpoint, model and status",
-                   ["endpoint", "model", "status"])
-LATENCY = Histogram("vqtok_request_duration_seconds", "HTTP request latency (arrival to last byte)",
-                    ["endpoint", "model"],
-                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-BATCH_SIZE = Histogram("vqtok_batch_size", "requests per dynamic batch reaching a model",
-                       ["endpoint"], buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-INFERENCE = Histogram("vqtok_inference_duration_seconds", "ONNX Runtime time per batch group",
-                      ["endpoint", "model"],
-                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-IMAGES = Counter("vqtok_images_processed_total", "images encoded, decoded or reconstructed", ["endpoint", "model"])
-CODES = Counter("vqtok_codes_processed_total", "code tokens produced (encode) or consumed (decode)",
-                ["endpoint", "model"])
+    if values.ValueClass is values.MutexValue:  # prometheus_client was imported before the directory was set
+        values.ValueClass = values.get_value_class()
+    _metrics = SimpleNamespace(
+        path=path,
+        requests=Counter("vqtok_requests_total", "HTTP requests by endpoint, model and status",
+                         ["endpoint", "model", "status"]),
+        latency=Histogram("vqtok_request_duration_seconds", "HTTP request latency (arrival to last byte)",
+                          ["endpoint", "model"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),
+        batch_size=Histogram("vqtok_batch_size", "requests per dynamic batch reaching a model",
+                             ["endpoint"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)),
+        inference=Histogram("vqtok_inference_duration_seconds", "ONNX Runtime time per (model, shape) group",
+                            ["endpoint", "model"],
+                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)),
+        images=Counter("vqtok_images_processed_total", "images encoded, decoded or reconstructed",
+                       ["endpoint", "model"]),
+        codes=Counter("vqtok_codes_processed_total", "code tokens produced (encode) or consumed (decode)",
+                      ["endpoint", "model"]),
+    )
+    return _metrics
 
 
 def render() -> tuple[bytes, str]:
     """The merged samples of every process, in the Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=METRICS_DIR)
+    multiprocess.MultiProcessCollector(registry, path=get().path)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
@@ -63,6 +73,7 @@ class MetricsMiddleware:
 
     def __init__(self, app) -> None:
         self.app = app
+        self.m = get()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -80,5 +91,5 @@ class MetricsMiddleware:
             path = scope.get("path", "")
             endpoint = path if path in ENDPOINTS else "other"
             model = (scope.get("state") or {}).get("vqtok_model", "")
-            REQUESTS.labels(endpoint, model, str(status["code"])).inc()
-            LATENCY.labels(endpoint, model).observe(time.perf_counter() - start)
+            self.m.requests.labels(endpoint, model, str(status["code"])).inc()
+            self.m.latency.labels(endpoint, model).observe(time.perf_counter() - start)

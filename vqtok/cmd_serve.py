@@ -1,0 +1,67 @@
+"""`vqtok serve`: the tokenizer REST server (LitServe + ONNX Runtime, no torch).
+
+With no arguments it serves every exported model under the shipped weights folder on CPU at
+http://127.0.0.1:8000, the default being `tokenizer.hub.DEFAULT_MODEL`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "Serve the tokenizer over REST: /v1/encode, /v1/decode, /v1/reconstruct, /v1/models, /health, /metrics."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", help="folder of model folders with encoder.onnx + decoder.onnx "
+                   "(default: the shipped weights, $VQTOK_WEIGHTS_DIR)")
+    p.add_argument("--model", action="append", metavar="ID", help="serve only this model id (repeatable)")
+    p.add_argument("--default-model", metavar="ID", help="model used when a request names none")
+    p.add_argument("--host", default=os.environ.get("VQTOK_HOST", "127.0.0.1"),
+                   choices=["127.0.0.1", "0.0.0.0", "::"], help="bind address (default 127.0.0.1, $VQTOK_HOST)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("VQTOK_PORT", "8000")), help="default 8000")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: CUDA execution provider on every visible GPU (refuses to start without it)")
+    p.add_argument("--workers", type=int, default=1, help="inference workers per device and endpoint (default 1)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per worker "
+                   "(default: cores / all workers, so they never oversubscribe the CPU)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
+    p.add_argument("--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill (default 0.01)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixel limit per image (default 4096²)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
+    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer) on every route but /health "
+                   "(default: $VQTOK_API_KEY; none: no auth)")
+    p.add_argument("--api-servers", type=int, help="HTTP processes (default: workers × devices)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for a worker")
+    p.add_argument("--graceful-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    os.environ.pop("VQTOK_METRICS_DIR", None)  # a fresh metrics directory for this server
+    for name, value in (("--workers", args.workers), ("--max-batch-size", args.max_batch_size),
+                        ("--max-pixels", args.max_pixels)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if args.batch_timeout < 0 or args.max_body_mb <= 0:
+        raise ValueError("--batch-timeout must be ≥ 0 and --max-body-mb > 0")
+    import logging
+
+    from server.app import Settings, build_server, serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(device=args.device, workers=args.workers, max_batch_size=args.max_batch_size,
+                        batch_timeout=args.batch_timeout, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb,
+                        api_key=args.api_key, threads=args.threads, timeout=args.timeout,
+                        graceful_timeout=args.graceful_timeout)
+    try:
+        server = build_server(args.models_dir, args.model, args.default_model, settings)
+        serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
+    except RuntimeError as err:  # workers failed to start, CUDA not active, port in use, ...
+        print(f"vqtok serve: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
