@@ -1,0 +1,79 @@
+"""Local-engine throughput vs raw ONNX Runtime encode throughput, same model, batch size and images, one process.
+
+    python -m pipeline.bench SRC --model MODEL [--batch-size 32] [--images 512] [--device cpu] [--workers N]
+
+Raw: `OnnxTokenizer.encode_array` on one already-prepared batch, called repeatedly (no decoding, no I/O).
+Pipeline: `tokenize_dataset` end to end (listing, read, decode, resize, encode, Parquet shards, manifest) on SRC's
+images repeated to --images items. Raw runs alternate with pipeline runs; medians are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def raw_throughput(tok, batch: np.ndarray, n_images: int) -> float:
+    tok.encode_array(batch)  # warm-up
+    calls = max(1, -(-n_images // len(batch)))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        tok.encode_array(batch)
+    return calls * len(batch) / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=2, help="pipeline runs, each between two raw runs (medians)")
+    args = ap.parse_args(argv)
+
+    from export.runtime import OnnxTokenizer
+
+    from .run import tokenize_dataset
+    from .sources import list_source
+    from .work import Prep, Prepared, load_item
+
+    items = [it for it in list_source(args.src) if it.offset < 0]
+    if not items:
+        raise SystemExit(f"no image files in {args.src}")
+    tok = OnnxTokenizer.from_dir(args.model, device=args.device)
+    m = tok.metadata
+    prep = Prep("resize", m.image_size, m.factor, 64_000_000, 64 << 20, 0)
+    prepared = [p for p in (load_item(i, it, prep) for i, it in enumerate(items)) if isinstance(p, Prepared)]
+    batch = np.stack([p.image for p in itertools.islice(itertools.cycle(prepared), args.batch_size)])
+    raws, pipes = [raw_throughput(tok, batch, args.images)], []
+    with tempfile.TemporaryDirectory() as tmp:
+        lst = Path(tmp) / "paths.txt"
+        paths = itertools.islice(itertools.cycle(items), args.images)
+        lst.write_text("".join(str(Path(it.path).resolve()) + "\n" for it in paths))
+        for r in range(args.rounds):  # raw, pipeline, raw, pipeline, ..., raw: background load hits both alike
+            t0 = time.perf_counter()
+            man = tokenize_dataset(str(lst), Path(tmp) / f"out{r}", args.model, batch_size=args.batch_size,
+                                   device=args.device, workers=args.workers, shard_size=max(args.batch_size, 256),
+                                   progress=False)
+            pipes.append(args.images / (time.perf_counter() - t0))
+            if man["totals"]["rows"] != args.images:
+                raise SystemExit(f"pipeline wrote {man['totals']['rows']} rows of {args.images}: see its errors")
+            raws.append(raw_throughput(tok, batch, args.images))
+    raw, pipe = float(np.median(raws)), float(np.median(pipes))
+    out = {"model": m.model_id, "device": args.device, "batch_size": args.batch_size, "images": args.images,
+           "image_size": m.image_size, "raw_encode_img_s": round(raw, 1), "pipeline_img_s": round(pipe, 1),
+           "ratio": round(pipe / raw, 3), "raw_runs": [round(x, 1) for x in raws],
+           "pipeline_runs": [round(x, 1) for x in pipes]}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
