@@ -1,0 +1,285 @@
+"""Training: `vqtok train` end to end on the fixture photos with a tiny model, exact resume, corrupt files, manifest
+splits, DDP (gloo, 2 CPU processes), and the data pipeline's resumable sampling."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tokenizer.data import CropDataset, ResumableSampler, collate_skip_none, list_images
+from tokenizer.model import Tokenizer
+from tokenizer.train import TrainConfig, Trainer, _lr_factor
+
+
+def write_corrupt(path: Path) -> Path:
+    path.write_bytes(b"\xff\xd8\xff\xe0 definitely not the rest of a JPEG" + bytes(range(256)))
+    return path
+
+
+def run_cli(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def last_json_line(stdout: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"no JSON line in output:\n{stdout[-2000:]}"
+    return json.loads(lines[-1])
+
+
+# -- `vqtok train` end to end ----------------------------------------------------------------------------------------
+
+def test_cli_train_writes_a_loadable_run_and_skips_corrupt_files(tmp_path, photos, tiny_config, subprocess_env):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in photos[:3]:
+        shutil.copy(p, data / p.name)
+    write_corrupt(data / "broken.jpg")
+    (data / "notes.txt").write_text("not an image, not listed")  # ignored by extension
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": tiny_config, "log_every": 1, "grid_every": 2, "warmup": 1}))
+    out = tmp_path / "run"
+    # 2 steps × batch 2 = one pass over the 4 images, so the corrupt one is drawn exactly once.
+    proc = run_cli(["-m", "vqtok", "train", str(data), "--out", str(out), "--config", str(config), "--steps", "2",
+                    "--batch-size", "2", "--crop", "32", "--device", "cpu", "--workers", "1", "--no-progress"],
+                   subprocess_env)
+
+    assert "skipping" in proc.stderr and "broken.jpg" in proc.stderr, proc.stderr[-3000:]
+    result = last_json_line(proc.stdout)
+    assert result["step"] == 2 and math.isfinite(result["loss"]) and result["perceptual"] > 0
+
+    for name in ("config.json", "model.safetensors", "train_state.pt", "train_config.json", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    model = Tokenizer.from_pretrained(out)
+    assert model.config.codebook_size == tiny_config["codebook_size"] and model.factor == 2
+    codes = model.encode(torch.zeros(1, 3, 32, 32))
+    assert codes.shape == (1, 16, 16)
+
+    metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2]
+    for m in metrics:
+        assert all(math.isfinite(m[k]) for k in ("loss", "rec", "perceptual", "usage", "perplexity", "lr"))
+        assert 0 < m["usage"] <= 1 and 1 <= m["perplexity"] <= tiny_config["codebook_size"]
+
+    grid = Image.open(out / "grids" / "step_000002.png")
+    assert grid.mode == "RGB" and grid.size[0] == 2 * 32 and grid.size[1] % 32 == 0 and grid.size[1] >= 32
+
+    state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+    assert int(state["step"]) == 2
+    saved = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in state["model"].items())
+
+
+# -- exact resume ------------------------------------------------------------------------------------------------
+
+class _Killed(Exception):
+    pass
+
+
+def _resume_options(tiny_config: dict) -> dict:
+    model = tiny_config | {"revive_dead_codes": True, "dead_code_threshold": 0.995}  # revival fires every step
+    return {"model": model, "split": "train", "batch_size": 2, "crop": 32, "perceptual": "none", "warmup": 2,
+            "disc_start": 1, "ema": True, "ema_decay": 0.9, "checkpoint_every": 2, "log_every": 1, "grid_every": 0,
+            "workers": 0, "device": "cpu", "progress": False, "steps": 4}
+
+
+def test_resume_is_bit_exact(tmp_path, photos, tiny_config, monkeypatch, caplog):
+    """4 steps in one go == 2 steps, a kill right after the checkpoint, then `vqtok train --resume` to step 4.
+    With the GAN on from step 1 (discriminator and its optimiser must resume), dead-code revival firing (global
+    RNG and the quantizer's usage statistics must resume) and weight EMA. The data is a manifest whose 'val' rows
+    name a missing file: the 'train' split alone must be read."""
+    from vqtok.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = ["file\tsplit"] + [f"{p.name}\ttrain" for p in photos[:4]] + ["missing_val.jpg\tval"]
+    for p in photos[:4]:
+        shutil.copy(p, data / p.name)
+    (data / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    opts = _resume_options(tiny_config)
+
+    revived = []
+    from tokenizer.quantizer import VectorQuantizer
+
+    real_revive = VectorQuantizer._revive_dead
+
+    def spy(self, e, codes):
+        before = self.codebook.detach().clone()
+        real_revive(self, e, codes)
+        revived.append(int((self.codebook.detach() != before).any(1).sum()))
+
+    monkeypatch.setattr(VectorQuantizer, "_revive_dead", spy)
+
+    # Uninterrupted run.
+    full = tmp_path / "full"
+    from tokenizer.train import train
+
+    caplog.set_level(logging.WARNING, logger="vqtok.data")
+    train(TrainConfig.from_dict(opts | {"data": str(data / "manifest.tsv"), "out": str(full)}))
+    assert sum(revived) > 0, "dead-code revival never fired: the test would not cover its resume"
+
+    # Interrupted run: killed right after the step-2 checkpoint.
+    half = tmp_path / "half"
+    real_save = Trainer.save
+
+    def save_then_die(self):
+        real_save(self)
+        if self.step == 2:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train(TrainConfig.from_dict(opts | {"data": str(data / "manifest.tsv"), "out": str(half)}))
+    monkeypatch.setattr(Trainer, "save", real_save)
+    mid = load_file(str(half / "model.safetensors"))
+
+    cfg_file = tmp_path / "resume.json"
+    cfg_file.write_text(json.dumps({k: v for k, v in opts.items() if k != "device"}))
+    rc = main(["train", str(data), "--out", str(half), "--config", str(cfg_file), "--split", "train",
+               "--device", "cpu", "--resume", "--no-progress"])
+    assert rc == 0
+
+    assert not [r for r in caplog.records if "skipping" in r.getMessage()], "a non-train manifest row was read"
+
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(half / "model.safetensors"))
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"resumed weights differ from the uninterrupted run: {differ[:5]}"
+    assert any(not torch.equal(a[k], mid[k]) for k in a), "the second half did not train"
+
+    sa = torch.load(full / "train_state.pt", map_location="cpu", weights_only=True)
+    sb = torch.load(half / "train_state.pt", map_location="cpu", weights_only=True)
+    assert int(sa["step"]) == int(sb["step"]) == 4
+    for part in ("model", "disc", "ema"):
+        for k in sa[part]:
+            assert torch.equal(sa[part][k], sb[part][k]), f"{part}.{k}"
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+    steps = [json.loads(ln)["step"] for ln in (half / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path, tiny_config):
+    from tokenizer.train import train
+
+    cfg = TrainConfig.from_dict(_resume_options(tiny_config) | {"data": str(tmp_path), "out": str(tmp_path / "x")})
+    with pytest.raises(FileNotFoundError, match="train_state.pt"):
+        train(cfg, resume=True)
+
+
+# -- DDP ----------------------------------------------------------------------------------------------------------
+
+def test_ddp_two_cpu_ranks_stay_in_sync(tmp_path, photos, tiny_config, subprocess_env):
+    """torchrun (python -m torch.distributed.run) with 2 gloo ranks; revival and the GAN on, so the all-reduced
+    dead-code statistics and the two-pass discriminator step are exercised across ranks."""
+    opts = _resume_options(tiny_config) | {"split": None}
+    for k in ("device", "steps", "checkpoint_every"):
+        opts.pop(k)
+    config = tmp_path / "ddp.json"
+    config.write_text(json.dumps(opts))
+    out = tmp_path / "ddp"
+    proc = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "vqtok", "train", str(photos[0].parent), "--out", str(out), "--config", str(config),
+                    "--steps", "3", "--device", "cpu", "--no-progress"], subprocess_env)
+    result = last_json_line(proc.stdout)
+    assert result["step"] == 3
+    assert result["ranks_in_sync"] is True
+    assert Tokenizer.from_pretrained(out).config.revive_dead_codes is True
+
+
+# -- data pipeline ------------------------------------------------------------------------------------------------
+
+def test_list_images_folder_and_manifest(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("b.jpg", "a.PNG", "sub/c.webp"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    (tmp_path / "readme.md").write_text("x")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == ["a.PNG", "b.jpg", "sub/c.webp"]
+
+    man = tmp_path / "m.tsv"
+    man.write_text("file\tsplit\nb.jpg\ttrain\na.PNG\tval\nsub/c.webp\ttrain\nb.jpg\ttrain\n")
+    assert [p.name for p in list_images(man, "train")] == ["b.jpg", "c.webp"]  # duplicates dropped
+    assert [p.name for p in list_images(man, "val")] == ["a.PNG"]
+    assert len(list_images(man)) == 3
+    with pytest.raises(ValueError, match="split 'test'"):
+        list_images(man, "test")
+
+    # A folder with manifest.tsv and a split uses the manifest.
+    (tmp_path / "manifest.tsv").write_text(man.read_text())
+    assert [p.name for p in list_images(tmp_path, "val")] == ["a.PNG"]
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("path\tsplit\nb.jpg\ttrain\n")
+    with pytest.raises(ValueError, match="'file' column"):
+        list_images(bad)
+    with pytest.raises(FileNotFoundError):
+        list_images(tmp_path / "nope")
+
+
+def test_resumable_sampler_is_a_pure_function_of_position():
+    def take(s, n):
+        it = iter(s)
+        return [next(it) for _ in range(n)]
+
+    full = take(ResumableSampler(5, seed=3), 23)
+    assert take(ResumableSampler(5, seed=3, start=11), 12) == full[11:]
+    # Each epoch is a permutation of all items.
+    for epoch in range(4):
+        assert sorted(i for i, _ in full[5 * epoch:5 * epoch + 5]) == list(range(5))
+    # Two ranks interleave the single-process stream.
+    r0 = take(ResumableSampler(5, seed=3, start=4, rank=0, world=2), 6)
+    r1 = take(ResumableSampler(5, seed=3, start=4, rank=1, world=2), 6)
+    assert r0 == full[4:16:2] and r1 == full[5:17:2]
+    assert take(ResumableSampler(5, seed=4), 10) != full[:10]
+    assert len({s for _, s in full}) == len(full)  # a distinct augmentation seed per sample
+
+
+def test_crop_dataset_items(tmp_path, photos):
+    paths = [photos[0], write_corrupt(tmp_path / "bad.jpg")]
+    ds = CropDataset(paths, crop=32)
+    a = ds[(0, 123)]
+    assert a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    assert torch.equal(a, ds[(0, 123)])                 # augmentation is a function of the sample seed
+    assert any(not torch.equal(a, ds[(0, s)]) for s in range(124, 130))
+    assert ds[(1, 0)] is None
+    batch = collate_skip_none([a, None, a])
+    assert batch.shape == (2, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="every image"):
+        collate_skip_none([None, None])
+
+
+def test_lr_schedule_and_options():
+    cfg = TrainConfig(steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert _lr_factor(0, cfg) == pytest.approx(0.1)
+    assert _lr_factor(9, cfg) == pytest.approx(1.0)
+    assert _lr_factor(10, cfg) == pytest.approx(1.0)
+    assert _lr_factor(55, cfg) == pytest.approx(0.55)
+    assert _lr_factor(100, cfg) == pytest.approx(0.1)
+    factors = [_lr_factor(s, cfg) for s in range(10, 101)]
+    assert all(x >= y for x, y in zip(factors, factors[1:]))
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"stepz": 3})
+    assert TrainConfig.from_dict({"scale": [1, 1.5]}).scale == (1, 1.5)
+
+
+def test_cli_set_overrides():
+    from vqtok import cmd_train
+    from vqtok.cli import build_parser
+
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--steps", "7", "--gradient", "ste",
+                                      "--set", "disc_start=5", "--set", "model.codebook_size=64",
+                                      "--set", "recon=l2", "--no-progress"])
+    cfg = cmd_train.build_config(args)
+    assert cfg.steps == 7 and cfg.disc_start == 5 and cfg.recon == "l2" and cfg.progress is False
+    assert cfg.model == {"gradient": "ste", "codebook_size": 64}
+    assert cfg.data == "d" and cfg.out == "o"
