@@ -27,11 +27,13 @@ def small_config(**kw) -> TokenizerConfig:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Tokenizer, Path]:
+    """A small random model exported by the CLI into its own folder, with the fp16 pair and ORT CPU copies."""
+    from vqtok.cli import main
+
     torch.manual_seed(1)
-    model = Tokenizer(small_config()).eval()
-    out = tmp_path_factory.mktemp("small")
-    model.save_pretrained(out)
-    export_model(out, fp16=True, optimize=True)  # default out_dir: the model's folder
+    model = Tokenizer(small_config(model_id="")).eval()  # no id in the config: the folder name is used
+    out = model.save_pretrained(tmp_path_factory.mktemp("export") / "small-random")
+    assert main(["export", str(out), "--fp16", "--optimize"]) == 0
     return model, out
 
 
@@ -54,8 +56,8 @@ def test_files_checker_and_metadata(exported):
             onnx.checker.check_model(proto, full_check=True)
         meta = {p.key: p.value for p in proto.metadata_props}
         assert meta["codebook_sha256"] == model.codebook_sha256() == read_codebook_sha256(out)
-        assert (meta["model_id"], meta["factor"], meta["codebook_size"], meta["code_dim"]) == ("small-random", "4",
-                                                                                               "64", "4")
+        assert (meta["model_id"], meta["factor"], meta["codebook_size"], meta["code_dim"]) == (
+            "small-random", "4", "64", "4")
         assert meta["code_dtype"] == "int32" and meta["input_layout"] == "NHWC" and meta["opset"] == "18"
         assert meta["precision"] == ("fp16" if "fp16" in name else "fp32")
         for key in ("vqtok_version", "torch_version", "onnx_version", "max_side", "input_range", "output_range"):
@@ -125,3 +127,93 @@ def test_fixture_config_is_tiny():
     cfg = json.loads((TINY / "config.json").read_text())
     assert cfg["model_id"] == "tiny-test" and cfg["factor"] == 4
     assert sum(p.stat().st_size for p in TINY.iterdir()) < 1_000_000
+
+
+def test_fp16_keeps_search_and_norms_in_fp32(exported):
+    """In the fp16 encoder the convolutions are fp16 but ArgMin and normalisation see fp32 inputs."""
+    _, out = exported
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(out / "encoder.fp16.onnx")))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
+    types |= {init.name: init.data_type for init in proto.graph.initializer}
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    by_op: dict[str, set[int]] = {}
+    for node in proto.graph.node:
+        by_op.setdefault(node.op_type, set()).add(types.get(node.input[0]))
+    assert by_op["ArgMin"] == {f32}
+    assert by_op["InstanceNormalization"] == {f32}  # GroupNorm as the exporter decomposes it
+    assert f16 in by_op["Conv"]
+
+
+def test_verify_report_on_fixture_photos(exported):
+    """All parity checks on the committed photos (S² and a non-square size), with fp16, reports written."""
+    from export.onnx import verify
+
+    _, out = exported
+    r = verify(out, PHOTOS)
+    assert r["passed"], r["checks"]
+    assert [c["shape"] for c in r["codes"]] == [[32, 32], [32, 48]]
+    for c in r["codes"]:
+        assert c["agreement"] >= 0.999 and c["all_near_ties"]
+        assert c["positions"] == len(PHOTOS) * c["shape"][0] * c["shape"][1] // 16
+    assert r["batch_invariance"]["agreement"] >= 0.999
+    assert r["decoder"]["max_abs_diff"] <= 1
+    assert r["fp16"]["code_agreement_vs_fp32"] >= 0.99 and r["fp16"]["decoder_psnr_vs_fp32_db"] > 40
+    saved = json.loads((out / "parity_report.json").read_text())
+    assert saved["passed"] and saved["codebook_sha256"] == r["codebook_sha256"]
+    md = (out / "parity_report.md").read_text()
+    assert "| codes 32×48 |" in md and "Overall: PASSED" in md
+
+
+def test_verify_catches_graphs_of_other_weights(exported, tmp_path):
+    """Graphs exported from different weights fail the report (so the checks can fail)."""
+    from export.onnx import verify
+
+    _, out = exported
+    torch.manual_seed(2)
+    Tokenizer(small_config()).save_pretrained(tmp_path)
+    r = verify(tmp_path, PHOTOS[:2], graphs_dir=out, write=False, sizes=[(32, 32)])
+    assert not r["passed"] and not r["checks"]["graphs_match_weights"]
+    assert not r["checks"]["code_agreement"] and not r["checks"]["decoder"]
+
+
+def test_cli_verify_and_info(exported, capsys):
+    """`vqtok export DIR --no-export --verify PHOTOS` reports next to the graphs; `vqtok info` shows the metadata."""
+    from vqtok.cli import main
+
+    _, out = exported
+    assert main(["export", str(out), "--no-export", "--verify", str(FIXTURES / "photos"), "--split", "all",
+                 "--limit", "2"]) == 0
+    assert "Overall: PASSED" in capsys.readouterr().out
+    assert json.loads((out / "parity_report.json").read_text())["images"] == 2
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["onnx"]["encoder.onnx"]["codebook_sha256"] == info["codebook_sha256"]
+    assert info["onnx"]["decoder.onnx"]["factor"] == "4"
+    assert main(["info", str(out)]) == 0
+    assert "encoder.onnx metadata:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_export_out_and_opset(tmp_path, capsys):
+    """--out writes graphs (and the report) elsewhere, --opset is honoured, export_model takes an in-memory model."""
+    from vqtok.cli import main
+
+    torch.manual_seed(3)
+    model = Tokenizer(small_config())
+    src = model.save_pretrained(tmp_path / "src")
+    out = tmp_path / "graphs"
+    assert main(["export", str(src), "--out", str(out), "--opset", "17", "--verify", str(PHOTOS[0].parent),
+                 "--limit", "2"]) == 0
+    assert {p.name for p in out.iterdir()} == {"encoder.onnx", "decoder.onnx", "parity_report.json",
+                                               "parity_report.md"}
+    assert read_metadata(out / "decoder.onnx")["opset"] == "17"
+    paths = export_model(model, tmp_path / "mem")
+    assert read_metadata(paths[0])["model_id"] == "small-random"
+
+
+def test_cli_export_errors(tmp_path, capsys):
+    from vqtok.cli import main
+
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "no model folder" in capsys.readouterr().err
