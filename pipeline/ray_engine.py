@@ -84,7 +84,8 @@ def _split_results(t: pa.Table) -> tuple[list[dict], list[dict]]:
 
 
 def _start_ray(address: str | None) -> bool:
-    """Connect to `address`, or start a local Ray. Returns True when this call started it (and must stop it)."""
+    """Connect to `address`, or start a local Ray. Returns True when this call connected/started it (and must
+    shut the connection down); False when the caller had already initialised Ray."""
     try:
         import ray
     except ImportError:
@@ -93,7 +94,7 @@ def _start_ray(address: str | None) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=False)
-        return False
+        return True  # disconnect when done (the cluster keeps running)
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR", configure_logging=True)
     return True

@@ -66,7 +66,7 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
         state = {"vqtok_version": __version__, "source": str(src), "listing_sha256": listing_sha256(items),
                  "n_items": len(items), "shard_size": shard_size, "model": info,
                  "preprocessing": prep.to_dict(), "code_dtype": str(code_type(info["codebook_size"])),
-                 "model_source": str(model)}
+                 "model_source": str(Path(model).resolve()) if Path(model).is_dir() else str(model)}
         check_or_write_state(dst, state)
         remove_temporaries(dst)
         pending = pending_shards(dst, len(ranges))

@@ -29,6 +29,11 @@ class Item(NamedTuple):
     size: int = -1  # byte size of a tar member; -1 for a plain file
 
 
+def safe_key(name: str) -> str:
+    """A key Parquet can store: undecodable bytes in file names (surrogate escapes) become `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _is_image_name(name: str, extensions: frozenset[str]) -> bool:
     return name.rsplit(".", 1)[-1].lower() in extensions if "." in name else False
 
@@ -50,7 +55,7 @@ def list_tar(path: str, key_prefix: str, extensions: frozenset[str] = IMAGE_EXTE
     """Image members of a tar in archive order; other members (`.json`, `.cls`, ...) are WebDataset metadata."""
     try:
         with tarfile.open(path, "r:") as tf:  # uncompressed only: members must be seekable in place
-            return [Item(f"{key_prefix}/{m.name}", path, m.offset_data, m.size)
+            return [Item(safe_key(f"{key_prefix}/{m.name}"), path, m.offset_data, m.size)
                     for m in tf if m.isfile() and _is_image_name(m.name, extensions)]
     except tarfile.ReadError as err:
         raise ValueError(f"{path} is not an uncompressed tar ({err}); WebDataset shards must be plain .tar "
@@ -69,7 +74,7 @@ def list_folder(root: str, extensions: frozenset[str] = IMAGE_EXTENSIONS) -> lis
     items: list[Item] = []
     for rel in sorted(rels):
         full = os.path.join(root, rel)
-        items += list_tar(full, rel, extensions) if rel.endswith(".tar") else [Item(rel, full)]
+        items += list_tar(full, rel, extensions) if rel.endswith(".tar") else [Item(safe_key(rel), full)]
     return items
 
 
@@ -80,7 +85,7 @@ def list_path_file(list_file: str) -> list[Item]:
     for line in Path(list_file).read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            items.append(Item(line, str(base / line)))
+            items.append(Item(safe_key(line), str(base / line)))
     return items
 
 

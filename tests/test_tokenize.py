@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -215,3 +216,12 @@ def test_listing_and_batching_are_deterministic(tmp_path):
     assert sorted(i for batch in out for i in batch) == list(range(5))
     assert all(len({shapes[i] for i in batch}) == 1 for batch in out)
     assert out == [[0], [1], [2], [3], [4]]  # cap of 3 buffered forces the largest (first) bucket out
+
+
+def test_undecodable_file_name_is_stored_escaped(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.jpg"), "wb") as f:  # a Latin-1 name on a UTF-8 system
+        f.write(PHOTOS[0].read_bytes())
+    tokenize_dataset(str(src), tmp_path / "out", TINY, progress=False)
+    assert [r["key"] for r in read_rows(tmp_path / "out")] == ["caf\\xe9.jpg"]

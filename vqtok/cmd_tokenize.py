@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ValueError("tokenize needs pyarrow: pip install 'vqtok[data]'") from None
     from pipeline.manifest import verify
     from pipeline.run import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, tokenize_dataset
     from tokenizer.hub import DEFAULT_MODEL
