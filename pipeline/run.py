@@ -50,10 +50,13 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
     f = info["factor"]
     if policy == "resize":
         size = size or info["image_size"]
-        if size % f:
-            raise ValueError(f"--size {size} must be a multiple of the model factor {f}")
+        if size % f or size > info["max_side"]:
+            raise ValueError(f"--size {size} must be a multiple of the model factor {f} and at most the model's "
+                             f"max side {info['max_side']}")
+    elif size:
+        raise ValueError("--size applies to --policy resize only (native keeps each image's size)")
     else:
-        size = 0  # native keeps each image's size
+        size = 0
     prep = Prep(policy, size, f, max_pixels, max_bytes, info["max_side"] if policy == "native" else 0)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)

@@ -225,3 +225,17 @@ def test_undecodable_file_name_is_stored_escaped(tmp_path):
         f.write(PHOTOS[0].read_bytes())
     tokenize_dataset(str(src), tmp_path / "out", TINY, progress=False)
     assert [r["key"] for r in read_rows(tmp_path / "out")] == ["caf\\xe9.jpg"]
+
+
+def test_size_option(tmp_path, tok):
+    from tokenizer.preprocess import prepare
+
+    tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "out", TINY, size=32, progress=False)
+    r = read_rows(tmp_path / "out")[0]
+    arr, _ = prepare(PHOTOS[0].read_bytes(), "resize", 32, 4)
+    assert (r["grid_h"], r["grid_w"]) == (8, 8)
+    assert r["codes"] == tok.encode_array(arr[None])[0].reshape(-1).tolist()
+    with pytest.raises(ValueError, match="multiple of the model factor"):
+        tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "o2", TINY, size=30, progress=False)
+    with pytest.raises(ValueError, match="resize only"):
+        tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "o3", TINY, size=32, policy="native", progress=False)
