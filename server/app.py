@@ -26,6 +26,7 @@ from fastapi import Request, Response
 from litserve.server import RegularRequestHandler
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
+from starlette.middleware.gzip import GZipMiddleware
 
 from . import metrics
 from .apis import API_CLASSES, TokenizerAPI
@@ -104,6 +105,8 @@ class VqtokServer(ls.LitServer):
                          timeout=settings.timeout, model_metadata=registry.describe(),
                          middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}), (metrics.MetricsMiddleware, {})])
         self.uvicorn_graceful_timeout = settings.graceful_timeout
+        # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
+        self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         install_error_handlers(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])

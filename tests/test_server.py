@@ -1,0 +1,276 @@
+"""The server in-process (LitServe's test wrapper + FastAPI's TestClient): every endpoint against local ONNX
+Runtime references, every error class, auth, registry, metrics, and failure isolation inside a batch."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _serving import PHOTOS, REPO, TINY, local_tokenizer, models_dir, png, psnr
+
+pytest.importorskip("litserve")
+KEY = "test-key-123"
+MAX_PIXELS = 200_000  # above every fixture photo (≤ 433×288), below a 500×500 image
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from fastapi.testclient import TestClient
+    from litserve.utils import wrap_litserve_start
+
+    from server.app import Settings, build_server
+
+    root = models_dir(tmp_path_factory.mktemp("srv"), ("tiny-a", "tiny-b"))
+    settings = Settings(api_key=KEY, max_batch_size=8, batch_timeout=0.02, max_pixels=MAX_PIXELS, max_body_mb=1.0,
+                        threads=1)
+    server = build_server(root, default_model="tiny-a", settings=settings)
+    with wrap_litserve_start(server) as s, TestClient(s.app, headers={"X-API-Key": KEY}) as c:
+        deadline = time.monotonic() + 120
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "workers did not become ready"
+            time.sleep(0.1)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return local_tokenizer()
+
+
+def test_health_is_open_and_models_lists_the_registry(client):
+    assert client.get("/health", headers={"X-API-Key": ""}).status_code == 200
+    listing = client.get("/v1/models").json()
+    from tokenizer.hub import read_codebook_sha256
+
+    assert listing["default"] == "tiny-a"
+    assert [(m["id"], m["default"]) for m in listing["models"]] == [("tiny-a", True), ("tiny-b", False)]
+    m = listing["models"][0]
+    assert (m["factor"], m["codebook_size"], m["image_size"]) == (4, 64, 64)
+    assert m["codebook_sha256"] == read_codebook_sha256(TINY) == m["metadata"]["codebook_sha256"]
+    assert {"/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models"} <= set(client.get("/openapi.json").json()["paths"])
+
+
+@pytest.mark.parametrize("transport", ["multipart", "json", "raw"])
+def test_encode_equals_local_runtime(client, tok, transport):
+    for photo in PHOTOS:
+        data = photo.read_bytes()
+        if transport == "multipart":
+            r = client.post("/v1/encode", files={"image": (photo.name, data, "image/jpeg")}, data={"model": "tiny-b"})
+        elif transport == "json":
+            r = client.post("/v1/encode", json={"image": base64.b64encode(data).decode(), "model": "tiny-b"})
+        else:
+            r = client.post("/v1/encode?model=tiny-b", content=data, headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny-b" and body["codebook_size"] == 64 and body["shape"] == [16, 16]
+        assert body["codebook_sha256"] == tok.metadata.codebook_sha256
+        np.testing.assert_array_equal(np.array(body["codes"]), tok.encode(data)[0])
+
+
+def test_encode_npy_and_native_policy(client, tok):
+    img = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((70, 50)))  # native: padded to 72×52
+    r = client.post("/v1/encode", files={"image": ("x.png", png(img), "image/png")},
+                    data={"policy": "native", "format": "npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    codes = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert codes.dtype == np.int64 and codes.shape == (13, 18)
+    np.testing.assert_array_equal(codes, tok.encode(img, policy="native")[0])
+    assert r.headers["x-vqtok-shape"] == "13,18"
+
+
+def test_decode_formats_equal_local_runtime(client, tok):
+    codes = tok.encode(PHOTOS[1].read_bytes())[0]
+    expected = tok.decode(codes)[0]
+    buf = io.BytesIO()
+    np.save(buf, codes)
+    replies = [
+        client.post("/v1/decode", json={"codes": codes.tolist()}),
+        client.post("/v1/decode", json={"codes": codes.ravel().tolist(), "shape": list(codes.shape)}),
+        client.post("/v1/decode", content=buf.getvalue(), headers={"Content-Type": "application/x-npy"}),
+        client.post("/v1/decode", json={"codes": codes.tolist(), "format": "json",
+                                        "codebook_sha256": tok.metadata.codebook_sha256}),
+    ]
+    for r in replies[:3]:
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+    body = replies[3].json()
+    assert (body["width"], body["height"]) == (64, 64)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(body["image"])))), expected)
+
+
+def test_reconstruct_psnr_equals_local(client, tok):
+    for photo in PHOTOS:
+        batch, _ = tok.prepare(photo.read_bytes())
+        local = tok.decode(tok.encode_array(batch))[0]
+        r = client.post("/v1/reconstruct", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        served = np.asarray(Image.open(io.BytesIO(r.content)))
+        np.testing.assert_array_equal(served, local)
+        assert psnr(served, batch[0]) == psnr(local, batch[0])
+
+
+def test_reconstruct_native_crops_back(client):
+    img = np.asarray(Image.open(PHOTOS[2]).convert("RGB").resize((70, 50)))
+    r = client.post("/v1/reconstruct", files={"image": ("x.png", png(img), "image/png")},
+                    data={"policy": "native", "format": "json"})
+    assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (70, 50)
+
+
+def _bomb() -> bytes:
+    """A PNG header claiming 100 Mpx (no pixel data): must be refused before anything is decoded."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+GOOD = base64.b64encode(PHOTOS[0].read_bytes()).decode()
+ERRORS = [
+    ("encode", dict(content=b'{"image": ', headers={"Content-Type": "application/json"}), 400, "invalid_json"),
+    ("encode", dict(json=[GOOD]), 400, "invalid_json"),
+    ("encode", dict(json={"image": "not base64!"}), 400, "invalid_base64"),
+    ("encode", dict(json={}), 400, "bad_request"),
+    ("encode", dict(content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=x"}), 400,
+     "invalid_multipart"),
+    ("encode", dict(content=b"abc", headers={"Content-Type": "multipart/form-data"}), 400, "invalid_multipart"),
+    ("encode", dict(json={"image": GOOD, "policy": "stretch"}), 400, "invalid_parameter"),
+    ("encode", dict(json={"image": GOOD, "format": "xml"}), 400, "invalid_parameter"),
+    ("encode", dict(json={"image": GOOD, "model": "nope"}), 404, "model_not_found"),
+    ("encode", dict(json={"image": GOOD, "model": "../tiny-a"}), 404, "model_not_found"),
+    ("encode", dict(json={"image": GOOD, "model": str(TINY)}), 404, "model_not_found"),
+    ("encode", dict(content=b"\0" * (1024 * 1024 + 1), headers={"Content-Type": "image/png"}), 413,
+     "payload_too_large"),
+    ("encode", dict(content=png(np.zeros((500, 500, 3), np.uint8)), headers={"Content-Type": "image/png"}), 413,
+     "image_too_large"),
+    ("encode", dict(content=_bomb(), headers={"Content-Type": "image/png"}), 413, "image_too_large"),
+    ("reconstruct", dict(files={"image": ("x.png", png(np.zeros((260, 300, 3), np.uint8)), "image/png")},
+                         data={"policy": "native"}), 413, "image_too_large"),
+    ("encode", dict(content=b"GIF89a but not really", headers={"Content-Type": "image/gif"}), 415,
+     "unsupported_image"),
+    ("reconstruct", dict(json={"image": base64.b64encode(b"hello").decode()}), 415, "unsupported_image"),
+    ("encode", dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+    ("decode", dict(json={"codes": [[1.0, 2.0], [3.0, 4.0]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[1, 2], [3, 64]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[1, -1], [3, 4]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[1, 2], [3]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[True, False]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [["1", "2"]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[2**70, 1]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [[[1, 2]], [[3, 4]]]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": []}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [1, 2, 3], "shape": [2, 2]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": [1, 2, 3, 4], "shape": [2, -2]}), 422, "invalid_codes"),
+    ("decode", dict(json={"codes": np.zeros((65, 65), int).tolist()}), 422, "invalid_codes"),  # 260 px > max_side
+    ("decode", dict(json={"codes": [[1, 2]], "codebook_sha256": "0" * 64}), 422, "codebook_mismatch"),
+    ("decode", dict(content=b"\x93NUMPY garbage", headers={"Content-Type": "application/x-npy"}), 400,
+     "invalid_npy"),
+    ("decode", dict(json={"codes": [[1, 2]], "model": "nope"}), 404, "model_not_found"),
+]
+
+
+@pytest.mark.parametrize("endpoint,request_kw,status,code", ERRORS,
+                         ids=[f"{e[0]}-{e[2]}-{e[3]}-{i}" for i, e in enumerate(ERRORS)])
+def test_bad_input_gets_the_right_json_error(client, endpoint, request_kw, status, code):
+    r = client.post(f"/v1/{endpoint}", **request_kw)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    assert "Traceback" not in r.text
+
+
+def test_npy_float_codes_are_rejected(client):
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 4), np.float32))
+    r = client.post("/v1/decode", content=buf.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_codes"
+
+
+@pytest.mark.parametrize("headers,status", [({"X-API-Key": ""}, 401), ({"X-API-Key": "wrong"}, 401),
+                                            ({"X-API-Key": KEY + "x"}, 401), ({"Authorization": f"Bearer {KEY}"}, 200),
+                                            ({"X-API-Key": KEY}, 200)])
+def test_api_key_on_every_route_but_health(client, headers, status):
+    for method, path in [("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/info"), ("GET", "/openapi.json")]:
+        h = {"X-API-Key": ""} | headers if "Authorization" in headers else headers
+        r = client.request(method, path, headers=h)
+        assert r.status_code == status, (path, r.text)
+        if status == 401:
+            assert r.json()["error"]["code"] == "unauthorized"
+    r = client.post("/v1/encode", json={"image": GOOD}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
+    r = client.get("/v1/encode")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def _samples(client, name: str) -> dict:
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_requests_images_codes_and_batches(client):
+    before = _samples(client, "vqtok_")
+    for _ in range(3):
+        assert client.post("/v1/encode", json={"image": GOOD, "model": "tiny-b"}).status_code == 200
+    assert client.post("/v1/encode", json={"image": GOOD, "model": "tiny-b", "policy": "x"}).status_code == 400
+    after = _samples(client, "vqtok_")
+
+    def delta(key: str) -> float:
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta('vqtok_requests_total{endpoint="/v1/encode",model="tiny-b",status="200"}') == 3
+    assert delta('vqtok_requests_total{endpoint="/v1/encode",model="tiny-b",status="400"}') == 1
+    assert delta('vqtok_images_processed_total{endpoint="/v1/encode",model="tiny-b"}') == 3
+    assert delta('vqtok_codes_processed_total{endpoint="/v1/encode",model="tiny-b"}') == 3 * 256
+    assert delta('vqtok_batch_size_sum{endpoint="/v1/encode"}') == 3
+    assert delta('vqtok_request_duration_seconds_count{endpoint="/v1/encode",model="tiny-b"}') == 4
+
+
+def test_a_failing_item_does_not_fail_its_batch(tmp_path):
+    """Inside the worker: if one item of a batch makes ONNX Runtime fail, only that item gets an error."""
+    from server.apis import EncodeAPI
+    from server.edge import Limits
+    from server.registry import Registry
+
+    api = EncodeAPI(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), max_batch_size=8, threads=1)
+    api.setup("cpu")
+    tok = local_tokenizer()
+    good = [tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]
+    items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "json"} for im in good]
+    items.insert(1, {**items[0], "image": good[0].astype(np.float32)})  # same shape, wrong dtype: the graph rejects it
+    results = api.predict(items)
+    assert [r["status"] for r in results] == [200, 500, 200, 200]
+    assert results[1]["code"] == "internal_error" and "Traceback" not in results[1]["message"]
+    for res, im in zip([results[0], *results[2:]], good):
+        np.testing.assert_array_equal(json.loads(res["body"])["codes"], tok.encode(im)[0])
+
+
+def test_import_server_without_torch():
+    """`import server` (and the whole serving path) works where torch cannot be imported."""
+    code = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+import server, server.app, server.client, server.apis, server.edge, server.metrics
+import vqtok.cmd_serve, vqtok.cmd_encode, vqtok.cmd_decode, vqtok.cmd_reconstruct
+from server import Client, build_server
+assert "torch" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -1,0 +1,57 @@
+"""The Docker image's install path, without Docker: `pip install .[serve,dev]` into a fresh virtual environment
+(no system site-packages, so no torch), then the server and client tests run against that install.
+
+Opt-in (it downloads the serving dependencies from PyPI, a few minutes):
+    VQTOK_TEST_SERVING_INSTALL=1 python -m pytest -q tests/test_serving_install.py
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ["pyproject.toml", "README.md", "tokenizer", "export", "server", "vqtok", "bench", "weights"]  # = Dockerfile
+TESTS = ["conftest.py", "_serving.py", "test_server.py", "test_server_process.py", "test_client.py"]
+
+pytestmark = pytest.mark.skipif(os.environ.get("VQTOK_TEST_SERVING_INSTALL") != "1",
+                                reason="set VQTOK_TEST_SERVING_INSTALL=1 (installs from PyPI into a fresh venv)")
+
+
+def _copy(names: list[str], src: Path, dst: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
+    for name in names:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, ignore=ignore)
+        else:
+            shutil.copy2(src / name, dst / name)
+
+
+def test_serving_install_has_no_torch_and_passes_the_server_tests(tmp_path):
+    missing = [n for n in SOURCES if not (REPO / n).exists()]
+    assert not missing, f"the image's sources are missing {missing} (the Dockerfile COPYs them)"
+    src, venv, suite = tmp_path / "src", tmp_path / "venv", tmp_path / "suite"
+    src.mkdir()
+    _copy(SOURCES, REPO, src)
+    (suite / "tests" / "fixtures").mkdir(parents=True)
+    _copy(TESTS, REPO / "tests", suite / "tests")
+    _copy(["tiny-model", "photos"], REPO / "tests" / "fixtures", suite / "tests" / "fixtures")
+    (suite / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "VQTOK_METRICS_DIR")}
+
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", f"{src}[serve,dev]"], check=True, env=env, cwd=tmp_path)
+    probe = ("import importlib.util as u, sys, server, export.runtime; "
+             "sys.exit('torch is installed' if u.find_spec('torch') else 0); ")
+    subprocess.run([py, "-c", probe], check=True, env=env, cwd=suite)
+    r = subprocess.run([py, "-c", "import server; print(server.__file__)"], check=True, env=env, cwd=suite,
+                       capture_output=True, text=True)
+    assert str(venv) in r.stdout, f"the tests must import the installed package, not {r.stdout}"
+    tests = [f"tests/{t}" for t in TESTS if t.startswith("test_")]
+    r = subprocess.run([py, "-m", "pytest", "-q", *tests], env=env, cwd=suite, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
