@@ -87,6 +87,8 @@ class _EdgeHandler(RegularRequestHandler):
 
 
 class VqtokServer(ls.LitServer):
+    """The LitServer with the vqtok routes, edge validation, auth, metrics and the start/stop behaviour above."""
+
     def __init__(self, registry: Registry, settings: Settings) -> None:
         if settings.device not in ("cpu", "cuda"):
             raise ValueError(f"--device must be 'cpu' or 'cuda', got {settings.device!r}")
@@ -103,7 +105,8 @@ class VqtokServer(ls.LitServer):
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
                          timeout=settings.timeout, model_metadata=registry.describe(),
-                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}), (metrics.MetricsMiddleware, {})])
+                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
+                                      (metrics.MetricsMiddleware, {})])
         self.uvicorn_graceful_timeout = settings.graceful_timeout
         # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]

@@ -23,7 +23,7 @@ class ApiKeyMiddleware:
         self._digest = _digest(api_key) if api_key else None
 
     def authorized(self, headers: Headers) -> bool:
-        given = headers.get("x-api-key")
+        given = headers.get("x-api-key") or None  # an empty header counts as absent
         if given is None:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             given = token.strip() if scheme.lower() == "bearer" else None

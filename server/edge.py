@@ -9,6 +9,7 @@ import base64
 import binascii
 import io
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
 
 from .errors import ApiError, bad_request
 from .registry import ModelEntry, Registry, UnknownModel
+
+logger = logging.getLogger("vqtok.server")
 
 NPY_TYPES = frozenset({"application/x-npy", "application/npy", "application/octet-stream"})
 RAW_TYPES = NPY_TYPES | {"application/x-www-form-urlencoded", ""}  # curl --data-binary sends urlencoded
@@ -157,7 +160,8 @@ def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -
                             max_pixels=limits.max_pixels)
     except ImageTooLarge as err:
         raise ApiError(413, "image_too_large", f"{err}; send a smaller image") from None
-    except (InvalidImage, OSError, ValueError, SyntaxError) as err:
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types (EOFError, struct.error, ...) on bad bytes
+        logger.debug("undecodable upload", exc_info=err)
         why = str(err) if isinstance(err, InvalidImage) and "BytesIO" not in str(err) else type(err).__name__
         raise ApiError(415, "unsupported_image", f"the upload is not a decodable image ({why}); send PNG, JPEG, "
                        "WebP, GIF, BMP or TIFF") from None

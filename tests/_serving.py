@@ -95,7 +95,7 @@ class LiveServer:
     def headers(self) -> dict:
         return {"X-API-Key": self.api_key} if self.api_key else {}
 
-    def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
+    def wait_ready(self, timeout: float = 900.0) -> "LiveServer":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -82,7 +82,7 @@ def test_cli_server_mode_equals_local(live, tmp_path, tok):
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "VQTOK_API_KEY": KEY}
 
     def vqtok(*args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "vqtok", *args], env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([sys.executable, "-m", "vqtok", *args], env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         return r.stdout + r.stderr
 
@@ -96,7 +96,8 @@ def test_cli_server_mode_equals_local(live, tmp_path, tok):
     local = vqtok("reconstruct", photo, "-o", str(tmp_path / "l.png"), "--local", "--model",
                   str(models_dir(tmp_path / "m") / "tiny-a"))
     assert out.split("PSNR")[1] == local.split("PSNR")[1]
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "r.png")), np.asarray(Image.open(tmp_path / "l.png")))
+    served, local_png = (np.asarray(Image.open(tmp_path / n)) for n in ("r.png", "l.png"))
+    np.testing.assert_array_equal(served, local_png)
     bad = subprocess.run([sys.executable, "-m", "vqtok", "encode", photo, "--server", live.url, "--model", "nope"],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown model" in bad.stderr and "Traceback" not in bad.stderr

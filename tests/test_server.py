@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ def client(tmp_path_factory):
                         threads=1)
     server = build_server(root, default_model="tiny-a", settings=settings)
     with wrap_litserve_start(server) as s, TestClient(s.app, headers={"X-API-Key": KEY}) as c:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # generous: CI machines may be busy
         while c.get("/health").status_code != 200:
             assert time.monotonic() < deadline, "workers did not become ready"
             time.sleep(0.1)
@@ -54,7 +55,8 @@ def test_health_is_open_and_models_lists_the_registry(client):
     m = listing["models"][0]
     assert (m["factor"], m["codebook_size"], m["image_size"]) == (4, 64, 64)
     assert m["codebook_sha256"] == read_codebook_sha256(TINY) == m["metadata"]["codebook_sha256"]
-    assert {"/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models"} <= set(client.get("/openapi.json").json()["paths"])
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert {"/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/metrics", "/health"} <= paths
 
 
 @pytest.mark.parametrize("transport", ["multipart", "json", "raw"])
@@ -247,11 +249,15 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     from server.registry import Registry
 
     api = EncodeAPI(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), max_batch_size=8, threads=1)
-    api.setup("cpu")
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        api.setup("cpu")  # as in a worker process (it also ignores SIGINT there)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     tok = local_tokenizer()
     good = [tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "json"} for im in good]
-    items.insert(1, {**items[0], "image": good[0].astype(np.float32)})  # same shape, wrong dtype: the graph rejects it
+    items.insert(1, {**items[0], "image": good[0].astype(np.float32)})  # same shape, wrong dtype: the batch call fails
     results = api.predict(items)
     assert [r["status"] for r in results] == [200, 500, 200, 200]
     assert results[1]["code"] == "internal_error" and "Traceback" not in results[1]["message"]

@@ -28,7 +28,7 @@ def live(tmp_path_factory):
 
 
 def _client(live) -> httpx.Client:
-    return httpx.Client(base_url=live.url, headers=live.headers, timeout=120)
+    return httpx.Client(base_url=live.url, headers=live.headers, timeout=600)
 
 
 def _metrics(live) -> dict:
@@ -56,7 +56,7 @@ def test_endpoints_equal_local_runtime(live):
 
 
 async def _concurrent(live, path: str, requests: list[dict]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=600) as c:
         return await asyncio.gather(*[c.post(path, **kw) for kw in requests])
 
 
@@ -118,10 +118,10 @@ def test_zz_sigterm_finishes_in_flight_requests_and_leaves_no_process(live):
             await release.wait()  # the request is in flight (headers and part of the body sent) across SIGTERM
             yield data[1000:]
 
-        async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=120) as c:
+        async with httpx.AsyncClient(base_url=live.url, headers=live.headers, timeout=600) as c:
             assert (await c.get("/health")).status_code == 200  # the keep-alive connection is accepted
             task = asyncio.create_task(c.post("/v1/encode", content=body(), headers={"Content-Type": "image/jpeg"}))
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(2.0)
             live.proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
             release.set()
@@ -161,7 +161,7 @@ def test_serve_refuses_to_start_with_a_clear_message(tmp_path, args, message):
     models = models_dir(tmp_path)
     args = [a.format(empty=tmp_path / "empty", models=models) for a in args]
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([sys.executable, "-m", "vqtok", "serve", *args, "--port", str(free_port())], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "vqtok", "serve", *args, "--port", str(free_port())],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

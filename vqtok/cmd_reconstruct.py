@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
     image.save(args.output)
     reference, crop = prepare(args.image, args.policy, size=size, factor=factor)
     reference = reference[: crop.height, : crop.width]
-    print(f"{args.image} → {args.output} ({image.width}×{image.height}), PSNR {psnr(np.asarray(image), reference):.2f} dB")
+    score = psnr(np.asarray(image), reference)
+    print(f"{args.image} → {args.output} ({image.width}×{image.height}), PSNR {score:.2f} dB")
     return 0
