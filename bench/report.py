@@ -1,0 +1,305 @@
+"""docs/BENCHMARKS.md from the suite's JSON: the targets table first, then every section's measurements.
+
+    python -m bench.report bench/results/cpu.json docs/BENCHMARKS.md   # re-render without measuring
+
+Nothing here measures or hard-codes a result: every number comes from the JSON of one run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+TARGETS = {
+    "ort_vs_probe": 0.75,       # ORT encode/decode achieved GFLOP/s over the ORT MatMul probe, batch 8
+    "ort_vs_torch": 1.0,        # ORT images/s over torch eager images/s
+    "served_vs_raw": 0.90,      # served throughput over raw ORT at the same batch, concurrency >= 8
+    "p50_over_raw_ms": 10.0,    # p50 at concurrency 1 minus one raw batch-1 inference
+    "rotation_overhead": 0.05,  # rotation / STE step time - 1
+    "gpu_encode_fp16": 2000.0,  # images/s at 256², default model, fp16, GPU
+}
+
+
+def _f(x, fmt: str = ".1f", unit: str = "") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:{fmt}}{unit}"
+
+
+def _ok(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**not met**")
+
+
+def _rows(model: dict, backend: str, graph: str) -> dict[int, dict]:
+    return {r["batch"]: r for r in model.get("rows", []) if r["backend"] == backend and r["graph"] == graph}
+
+
+def targets(res: dict) -> list[tuple[str, str, str]]:
+    """(target, measured, status) rows."""
+    out: list[tuple[str, str, str]] = []
+    probe = res.get("probe", {})
+    model = res.get("model", {})
+    ort_probe = probe.get("onnxruntime", {}).get("gflops")
+    hb = res.get("config", {}).get("headline_batch", 8)
+    size = model.get("flops", {}).get("image_size", "?")
+    for graph in ("encode", "decode"):
+        r = _rows(model, "onnxruntime-cpu-fp32", graph).get(hb)
+        if r and ort_probe:
+            ratio = r["achieved_gflops"] / ort_probe
+            out.append((f"ORT CPU fp32 {graph}, batch {hb}, {size}²: ≥ 75 % of the ORT MatMul probe",
+                        f"{100 * ratio:.0f} % ({r['achieved_gflops']:.1f} of {ort_probe:.1f} GFLOP/s; "
+                        f"{r['images_per_s']:.2f} img/s)", _ok(ratio >= TARGETS["ort_vs_probe"])))
+        else:
+            out.append((f"ORT CPU fp32 {graph} ≥ 75 % of the probe", "—", _ok(None)))
+    for graph in ("encode", "decode"):
+        ort_rows = _rows(model, "onnxruntime-cpu-fp32", graph)
+        pt_rows = _rows(model, "torch-eager-cpu-fp32", graph)
+        ratios = {b: ort_rows[b]["images_per_s"] / pt_rows[b]["images_per_s"] for b in ort_rows if b in pt_rows}
+        if ratios:
+            txt = ", ".join(f"b{b}: {v:.2f}×" for b, v in sorted(ratios.items()))
+            out.append((f"ORT ≥ PyTorch eager on CPU, {graph} (images/s ratio)", txt,
+                        _ok(all(v >= TARGETS["ort_vs_torch"] for v in ratios.values()))))
+        else:
+            out.append((f"ORT ≥ PyTorch eager on CPU, {graph}", "—", _ok(None)))
+    serve = res.get("serving", {})
+    srows = serve.get("rows", [])
+    if srows:
+        hi = [r for r in srows if r["concurrency"] >= 8]
+        txt = "; ".join(f"{r['endpoint']} c{r['concurrency']}: {100 * r['served_over_raw']:.0f} %" for r in hi)
+        out.append(("Served throughput ≥ 90 % of raw ORT at the same batch, concurrency ≥ 8", txt,
+                    _ok(all(r["served_over_raw"] >= TARGETS["served_vs_raw"] for r in hi) if hi else None)))
+        one = [r for r in srows if r["concurrency"] == 1]
+        txt = "; ".join(f"{r['endpoint']}: p50 {r['p50_ms']:.1f} ms vs raw {r['raw']['ms_per_batch']:.1f} ms "
+                        f"({r['p50_minus_raw_batch_ms']:+.1f})" for r in one)
+        out.append(("p50 latency at concurrency 1 within 10 ms of one raw inference", txt,
+                    _ok(all(r["p50_minus_raw_batch_ms"] <= TARGETS["p50_over_raw_ms"] for r in one) if one else None)))
+    else:
+        out.append(("Served ≥ 90 % of raw ORT; p50 at c=1 within 10 ms", serve.get("skipped", "—"), _ok(None)))
+    st = res.get("training", {}).get("step_time")
+    if st:
+        out.append(("Rotation trick step-time overhead ≤ 5 % vs STE",
+                    f"{st['overhead_pct']:+.1f} % (median of {st['repeats']} paired steps; quantizer alone "
+                    f"{st['quantizer_delta_ms']:+.2f} ms = {st['quantizer_delta_pct_of_step']:+.2f} % of a step)",
+                    _ok(st["overhead_pct"] <= 100 * TARGETS["rotation_overhead"])))
+    else:
+        out.append(("Rotation trick step-time overhead ≤ 5 % vs STE", "—", _ok(None)))
+    gpu = res.get("gpu", {})
+    gl = _rows(gpu, "onnxruntime-cuda-fp16", "encode")
+    if gl:
+        best = max(r["images_per_s"] for r in gl.values())
+        out.append(("GPU: encode ≥ 2,000 img/s at 256², fp16", f"{best:,.0f} img/s (best batch)",
+                    _ok(best >= TARGETS["gpu_encode_fp16"])))
+    else:
+        out.append(("GPU: encode ≥ 2,000 img/s at 256², fp16", f"not measured: {gpu.get('skipped', 'no GPU run')}",
+                    _ok(None)))
+    gs = gpu.get("serving", {}).get("rows") or []
+    if gs:
+        hi = [r for r in gs if r["concurrency"] >= 8]
+        out.append(("GPU: served / raw ORT", "; ".join(f"{r['endpoint']} c{r['concurrency']}: "
+                                                      f"{100 * r['served_over_raw']:.0f} %" for r in hi), "reported"))
+    else:
+        out.append(("GPU: served / raw ORT", f"not measured: {gpu.get('skipped', 'no GPU run')}", _ok(None)))
+    wall = res.get("wall_s")
+    if wall is not None and not res.get("config", {}).get("smoke"):
+        out.append(("Suite reproduces this page on CPU in < 10 min", f"{wall / 60:.1f} min", _ok(wall < 600)))
+    return out
+
+
+def render(res: dict) -> str:
+    m = res.get("machine", {})
+    cfg = res.get("config", {})
+    L: list[str] = ["# vqtok benchmarks", ""]
+    L += ["Generated by the benchmark suite from `bench/results/" + Path(cfg.get("out", "cpu.json")).name +
+          "`; do not edit by hand. Reproduce (CPU, one command):", "",
+          "```", cfg.get("command", "nice -n 19 python -m bench"), "```", "",
+          "Smoke version (tiny model and sizes, seconds; run in CI by `tests/test_bench_smoke.py`): "
+          "`python -m bench --smoke --out /tmp/bench.json --doc /tmp/BENCHMARKS.md`.", ""]
+    L += [f"- **Measured:** {res.get('date_utc', '?')} on {cfg.get('machine_note') or 'this machine'} "
+          f"({m.get('cpu', '?')}, {m.get('cores', '?')} cores visible, {m.get('memory_gib', '?')} GiB, "
+          f"SIMD {', '.join(m.get('simd', [])) or '?'}); ONNX Runtime {m.get('onnxruntime', '?')}, "
+          f"torch {m.get('torch', '?')}, Python {m.get('python', '?')}.",
+          f"- **Model:** `{res.get('model_id', '?')}` ({res.get('model_choice', '?')}), graphs "
+          f"`{res.get('model', {}).get('graph_files', '?')}`.",
+          f"- **Suite wall time:** {_f(res.get('wall_s', float('nan')) / 60, '.1f')} min. "
+          f"Load average at start {', '.join(f'{x:.1f}' for x in m.get('load_avg_at_start', []))}."]
+    v = res.get("validity", {})
+    if v.get("training_seen"):
+        L += [f"- **Validity warning:** the priority training job (`{v.get('pattern')}`) was running during "
+              f"this run (seen in: {', '.join(v.get('seen_in', []))}); absolute numbers are depressed and ratios "
+              "noisier than on an idle machine."]
+    else:
+        L += [f"- **Validity:** no `{v.get('pattern', 'vqtok train')}` process was running at any section "
+              "boundary of this run; other engineers' jobs may still have shared the machine (see load average)."]
+    if v.get("waited_s"):
+        L += [f"- Waited {v['waited_s'] / 60:.1f} min for the training job before measuring "
+              f"({'it finished' if not v.get('gave_up_waiting') else 'gave up at the deadline and measured anyway'})."]
+    L += ["", "Numbers are medians; every comparison (ORT vs torch, served vs raw, rotation vs STE, model vs probe) is a "
+          "ratio of measurements taken in this one run, interleaved where possible, because absolute times drift on "
+          "this shared machine.", ""]
+
+    L += ["## Targets", "", "| target | measured | status |", "|---|---|---|"]
+    L += [f"| {a} | {b} | {c} |" for a, b, c in targets(res)]
+    L += [""]
+
+    probe = res.get("probe")
+    if probe:
+        L += ["## 1. Machine probe", "",
+              f"fp32 MatMul {probe['n']}×{probe['n']}, {probe['threads']} threads, interleaved; median (best) GFLOP/s:", "",
+              "| engine | GFLOP/s (median) | GFLOP/s (best) | runs |", "|---|---|---|---|"]
+        for k in ("onnxruntime", "torch"):
+            if k in probe:
+                L.append(f"| {k} | {probe[k]['gflops']:.1f} | {probe[k]['gflops_best']:.1f} | {probe[k]['n']} |")
+        L += [""]
+
+    model = res.get("model")
+    if model and model.get("flops"):
+        fl = model["flops"]
+        L += ["## 2. Model efficiency", "",
+              f"FLOPs counted with `torch.utils.flop_counter.FlopCounterMode` on the exported computation "
+              f"(`export.onnx.EncoderGraph` / `DecoderGraph`), {fl['image_size']}², 1 multiply-add = 2 FLOP; "
+              "convolutions, matmuls and attention only (GroupNorm, SiLU and other element-wise work is not counted, "
+              f"so achieved GFLOP/s is conservative). Parameters: {fl['params'] / 1e6:.2f} M "
+              f"(encoder {fl['encoder_params'] / 1e6:.2f} M, decoder {fl['decoder_params'] / 1e6:.2f} M).", "",
+              "| graph | GFLOP / image | by op |", "|---|---|---|"]
+        for g in ("encode", "decode"):
+            by = ", ".join(f"{k.split('.')[-1]} {v / 1e9:.2f}" for k, v in sorted(fl[g]["by_op"].items(), key=lambda kv: -kv[1]))
+            L.append(f"| {g} | {fl[g]['flop_per_image'] / 1e9:.2f} | {by} |")
+        ort_probe = (res.get("probe") or {}).get("onnxruntime", {}).get("gflops")
+        torch_probe = (res.get("probe") or {}).get("torch", {}).get("gflops")
+        L += ["", f"Throughput at {fl['image_size']}² (ORT through `OnnxTokenizer` with its default session options; "
+              "torch eager runs the same modules under `inference_mode`). \"vs probe\" divides by the probe of the "
+              "same engine (ORT MatMul for ORT, torch MatMul for torch).", "",
+              "| backend | graph | batch | images/s | ms / batch | achieved GFLOP/s | vs probe | runs |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in model["rows"]:
+            p = ort_probe if r["backend"].startswith("onnxruntime") else torch_probe
+            L.append(f"| {r['backend']} | {r['graph']} | {r['batch']} | {r['images_per_s']:.2f} | "
+                     f"{r['ms_per_batch']:.1f} | {r['achieved_gflops']:.1f} | "
+                     f"{_f(100 * r['achieved_gflops'] / p if p else float('nan'), '.0f', ' %')} | {r['n']} |")
+        L += [""]
+    prof = res.get("profile")
+    if prof:
+        L += [f"### Where ONNX Runtime spends the time (batch {prof['batch']}, ORT profiler)", "",
+              "| graph | run ms | Conv share of kernel time | Conv GFLOP/s (Conv FLOPs / Conv time) | "
+              "Conv vs ORT probe | top ops by time |", "|---|---|---|---|---|---|"]
+        for g in ("encode", "decode"):
+            p = prof[g]
+            top = ", ".join(f"{op} {100 * s:.0f} %" for op, s in list(p["by_op_share"].items())[:6])
+            cvp = 100 * p.get("conv_gflops", float("nan")) / ort_probe if ort_probe else float("nan")
+            L.append(f"| {g} | {p['run_ms']:.1f} | {_f(100 * p.get('conv_time_share', float('nan')), '.0f', ' %')} | "
+                     f"{_f(p.get('conv_gflops'), '.1f')} | {_f(cvp, '.0f', ' %')} | {top} |")
+        L += [""]
+    tune = res.get("tuning")
+    if tune and tune.get("rows"):
+        L += [f"### ORT session variants (batch {tune['batch']}, interleaved)", "",
+              tune.get("note", ""), "",
+              "| variant | encode img/s | decode img/s | encode vs runtime default | decode vs runtime default |",
+              "|---|---|---|---|---|"]
+        base = next((r for r in tune["rows"] if r["variant"] == tune.get("baseline")), None)
+        for r in tune["rows"]:
+            re_ = r["encode_ips"] / base["encode_ips"] if base else float("nan")
+            rd = r["decode_ips"] / base["decode_ips"] if base else float("nan")
+            L.append(f"| {r['variant']} | {r['encode_ips']:.2f} | {r['decode_ips']:.2f} | {re_:.2f}× | {rd:.2f}× |")
+        L += [""]
+
+    serve = res.get("serving")
+    L += ["## 3. Serving", ""]
+    if serve and serve.get("rows"):
+        L += [f"A real `vqtok serve` on loopback (`{serve['server_command']}`; started in {serve['startup_s']:.0f} s), "
+              f"loaded by `bench.serving` (async httpx, C coroutines sending back to back, bounded by count and "
+              f"time). Uploads: a {serve['image_size']}² JPEG ({serve['upload_bytes'] / 1024:.0f} KiB) for encode and "
+              "reconstruct, an .npy code grid for decode. Raw = `OnnxTokenizer` in the load generator's process, same "
+              f"thread count ({serve['threads']}), at batch min(C, {serve['max_batch_size']}) = the batch the server "
+              "forms, timed right before each cell.", "",
+              "| endpoint | C | req/s | raw img/s (batch) | served / raw | p50 ms | p95 ms | p99 ms | raw ms/batch | "
+              "reply bytes | requests (errors) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in serve["rows"]:
+            L.append(f"| {r['endpoint']} | {r['concurrency']} | {r['throughput_rps']:.2f} | "
+                     f"{r['raw']['images_per_s']:.2f} ({r['raw']['batch']}) | {100 * r['served_over_raw']:.0f} % | "
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['raw']['ms_per_batch']:.1f} | "
+                     f"{r['reply_bytes']:,} | {r['requests']} ({r['errors']}) |")
+        js = {r["concurrency"]: r for r in serve["rows"] if r["endpoint"] == "encode-json"}
+        npy = {r["concurrency"]: r for r in serve["rows"] if r["endpoint"] == "encode-npy"}
+        both = sorted(set(js) & set(npy))
+        if both:
+            L += ["", "JSON codes vs npy replies (encode): " + "; ".join(
+                f"C={c}: JSON {js[c]['throughput_rps']:.2f} vs npy {npy[c]['throughput_rps']:.2f} req/s, p50 "
+                f"{js[c]['p50_ms']:.1f} vs {npy[c]['p50_ms']:.1f} ms, {js[c]['reply_bytes']:,} vs "
+                f"{npy[c]['reply_bytes']:,} bytes" for c in both) + "."]
+        L += [""]
+    else:
+        L += [f"Not measured: {(serve or {}).get('skipped', 'section skipped')}.", ""]
+
+    tr = res.get("training", {})
+    L += ["## 4. Training step time: rotation trick vs STE", ""]
+    st = tr.get("step_time")
+    if st:
+        L += [f"`bench.rotation_vs_ste.step_time_ratio` on the default model config: one fixed batch of "
+              f"{st['batch_size']} × {st['crop']}², forward + backward, rotation and STE alternating on the same "
+              f"model, {st['repeats']} timed pairs after 2 warm-up pairs, {st['threads']} threads.", "",
+              "| rotation step (median) | STE step (median) | median per-pair ratio | overhead | quantizer fwd+bwd "
+              "rotation / STE | quantizer delta (share of a step) |", "|---|---|---|---|---|---|",
+              f"| {1e3 * st['median_rotation_s']:.1f} ms | {1e3 * st['median_ste_s']:.1f} ms | {st['median_ratio']:.3f} | "
+              f"{st['overhead_pct']:+.1f} % | {st['quantizer_rotation_ms']:.2f} / {st['quantizer_ste_ms']:.2f} ms | "
+              f"{st['quantizer_delta_ms']:+.2f} ms ({st['quantizer_delta_pct_of_step']:+.2f} %) |", ""]
+    else:
+        L += [f"Not measured: {tr.get('skipped', 'section skipped')}.", ""]
+
+    L += ["## 5. Memory", ""]
+    mem = (serve or {}).get("memory") if serve else None
+    if mem:
+        L += [f"- Server inference worker, peak RSS (VmHWM, largest of {mem['inference_workers']} workers, after the "
+              f"serving load above): **{mem['worker_peak_rss_mib']:.0f} MiB**; all server processes together "
+              f"(RSS at the end): {mem['total_rss_mib']:.0f} MiB over {len(mem['processes'])} processes."]
+    rss = tr.get("training_rss")
+    if rss:
+        tc = rss.get("train_config") or {}
+        L += [f"- Training, peak RSS of the training process: **{rss['peak_rss_mib']:.0f} MiB** "
+              f"(`{rss['command']}`; default TrainConfig: batch {tc.get('batch_size')}, crop {tc.get('crop')}, "
+              f"perceptual {tc.get('perceptual')}, DataLoader workers {tc.get('workers')}; discriminator on from step "
+              f"1; {rss['steps']} steps in {rss['wall_s']:.0f} s)."]
+    if not mem and not rss:
+        L += ["Not measured."]
+    L += [""]
+
+    pipe = res.get("pipeline")
+    L += ["## Dataset tokenization (pipeline.bench)", ""]
+    if pipe and "ratio" in pipe:
+        L += [f"`pipeline.bench` on the fixture photos repeated to {pipe['images']} items, batch {pipe['batch_size']}: "
+              f"local engine {pipe['pipeline_img_s']:.1f} img/s vs raw ORT encode {pipe['raw_encode_img_s']:.1f} img/s "
+              f"(ratio {pipe['ratio']:.2f}; decoding, resizing and Parquet writing included).", ""]
+    else:
+        L += [f"Not measured: {(pipe or {}).get('skipped', 'section skipped')}.", ""]
+
+    gpu = res.get("gpu", {})
+    L += ["## GPU", ""]
+    if gpu.get("rows"):
+        L += ["| backend | graph | batch | images/s | achieved GFLOP/s |", "|---|---|---|---|---|"]
+        L += [f"| {r['backend']} | {r['graph']} | {r['batch']} | {r['images_per_s']:.1f} | {r['achieved_gflops']:.1f} |"
+              for r in gpu["rows"]]
+    else:
+        L += [f"Not measured: {gpu.get('skipped', 'run with --device cuda on a GPU machine')}. "
+              "`python -m bench --device cuda` measures ONNX Runtime CUDA fp32 and fp16 (and torch eager on CUDA) "
+              "at the same batch sizes, and the served/raw ratio with `vqtok serve --device cuda`."]
+    L += [""]
+    notes = res.get("notes")
+    if notes:
+        L += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    errors = res.get("errors")
+    if errors:
+        L += ["## Sections that failed in this run", ""] + [f"- {k}: {v}" for k, v in errors.items()] + [""]
+    return "\n".join(L)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    src = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results" / "cpu.json"
+    dst = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+    dst.write_text(render(json.loads(src.read_text())))
+    print(f"wrote {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""ONNX Runtime CPU session variants for the same graphs, interleaved: what each knob is worth on this machine.
+
+    python -m bench.tuning [--model DIR|ID] [--batch 8] [--size 256]
+
+Variants: the runtime's default (`OnnxTokenizer.from_dir`), graph optimisation level BASIC / EXTENDED / ALL,
+intra-op threads (1 vs all cores), thread spinning off, and the offline-optimised `*.cpu-opt.onnx` copy when the
+model folder has one. Each variant is its own pair of sessions; one round runs encode and decode of every variant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .common import cores, interleaved, resolve_model
+
+
+def _sessions(enc: Path, dec: Path, level: str = "all", threads: int | None = None, spinning: bool = True):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    p = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(enc), so, providers=p), ort.InferenceSession(str(dec), so, providers=p)
+
+
+def variants(model_dir: Path) -> dict[str, tuple]:
+    from export.runtime import OnnxTokenizer
+
+    tok = OnnxTokenizer.from_dir(model_dir)
+    out = {"runtime default": (tok.encoder, tok.decoder)}
+    enc, dec = model_dir / "encoder.onnx", model_dir / "decoder.onnx"
+    n = cores()
+    out["plain, ALL, threads=cores"] = _sessions(enc, dec, "all", n)
+    out["plain, EXTENDED"] = _sessions(enc, dec, "extended", n)
+    out["plain, BASIC"] = _sessions(enc, dec, "basic", n)
+    if n > 1:
+        out["plain, ALL, 1 thread"] = _sessions(enc, dec, "all", 1)
+    out["plain, ALL, no spinning"] = _sessions(enc, dec, "all", n, spinning=False)
+    opt_e, opt_d = model_dir / "encoder.cpu-opt.onnx", model_dir / "decoder.cpu-opt.onnx"
+    if opt_e.is_file() and opt_d.is_file():
+        out["cpu-opt copy, ALL"] = _sessions(opt_e, opt_d, "all", n)
+    return out
+
+
+def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0, max_rounds: int = 4) -> dict:
+    from export.runtime import OnnxTokenizer
+
+    meta = OnnxTokenizer.from_dir(model_dir).metadata
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    codes = rng.integers(0, meta.codebook_size, (batch, size // meta.factor, size // meta.factor), dtype=np.int32)
+    sess = variants(model_dir)
+    fns = {}
+    for name, (e, d) in sess.items():
+        fns[(name, "encode")] = (lambda e=e: e.run(None, {"images": images}))
+        fns[(name, "decode")] = (lambda d=d: d.run(None, {"codes": codes}))
+    t = interleaved(fns, max_rounds=max_rounds, max_s=max_s, min_rounds=2, warmup=1)
+    rows = [{"variant": name, "encode_ips": batch / t[(name, "encode")].median,
+             "decode_ips": batch / t[(name, "decode")].median, "runs": len(t[(name, "encode")].times)}
+            for name in sess]
+    return {"batch": batch, "image_size": size, "baseline": "runtime default", "rows": rows,
+            "note": "Every variant runs the same graphs on the same inputs; rounds alternate the order of variants. "
+                    "'runtime default' is `OnnxTokenizer.from_dir(model)` as the server and CLI build it."}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--max-s", type=float, default=30.0)
+    args = ap.parse_args(argv)
+    d, _ = resolve_model(args.model)
+    out = tuning(d, args.batch, args.size, args.max_s)
+    for r in out["rows"]:
+        print(f"{r['variant']:28s} encode {r['encode_ips']:7.2f} img/s   decode {r['decode_ips']:7.2f} img/s  ({r['runs']} runs)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
