@@ -277,3 +277,30 @@ def test_vector_quantizer_d1_uses_ste_and_bad_options_raise():
         VectorQuantizer(4, 2, gradient="bogus")
     with pytest.raises(ValueError):
         VectorQuantizer(4, 2, update="bogus")
+
+
+@pytest.mark.parametrize("fn", [rotation_trick, straight_through], ids=["rotation", "ste"])
+def test_no_decoder_gradient_reaches_q(fn):
+    """Both estimators route the incoming gradient to e only; q (the codebook entry) gets nothing through them."""
+    gen = torch.Generator().manual_seed(6)
+    e = torch.randn(8, 4, generator=gen, requires_grad=True)
+    q = torch.randn(8, 4, generator=gen, requires_grad=True)
+    fn(e, q).backward(torch.randn(8, 4, generator=gen))
+    assert e.grad is not None and e.grad.abs().sum() > 0
+    assert q.grad is None or torch.count_nonzero(q.grad) == 0
+
+
+def test_codebook_gradient_is_the_codebook_loss_only_for_both_estimators():
+    """With update="loss" the codebook learns from the codebook loss alone, whichever estimator feeds the encoder:
+    the same batch and decoder gradient give the same codebook gradient for "rotation" and "ste"."""
+    grads = {}
+    for gradient in ("rotation", "ste"):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(16, 4, normalize=True, gradient=gradient)
+        z = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        g = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+        z_q, _, aux = vq(z)
+        ((z_q * g).sum() + aux["loss"]).backward()
+        grads[gradient] = (vq.codebook.grad.clone(), z.grad.clone())
+    torch.testing.assert_close(grads["rotation"][0], grads["ste"][0])
+    assert not torch.allclose(grads["rotation"][1], grads["ste"][1], atol=1e-4)

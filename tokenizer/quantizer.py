@@ -41,8 +41,9 @@ def rotation_trick(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         - 2 * r * (r * e32).sum(-1, keepdim=True)
         + 2 * q_hat * (e_hat * e32).sum(-1, keepdim=True)
     )
-    # Forward value is exactly q (not λRe, which equals q only up to rounding); backward is λR.
-    return (q32 + (rotated - rotated.detach())).to(dtype)
+    # Forward value is exactly q (not λRe, which equals q only up to rounding); backward is λR to e and nothing
+    # to q: as with the STE, the codebook learns from the codebook loss only, never from the decoder's gradient.
+    return (q32.detach() + (rotated - rotated.detach())).to(dtype)
 
 
 def straight_through(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
