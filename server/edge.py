@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
@@ -91,8 +92,9 @@ async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
 async def _parse_multipart(request: Request, fields: dict, file_field: str) -> Body:
     try:
         form = await request.form(max_files=2, max_fields=32)
-    except (MultiPartException, ValueError, KeyError) as err:
-        raise bad_request(f"malformed multipart body: {err}", "invalid_multipart") from None
+    except (MultiPartException, StarletteHTTPException, ValueError, KeyError) as err:  # Starlette raises a 400
+        detail = getattr(err, "detail", None) or str(err)
+        raise bad_request(f"malformed multipart body: {detail}", "invalid_multipart") from None
     blob = None
     try:
         for key, value in form.multi_items():

@@ -47,31 +47,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 class LiveServer:
     """`python -m vqtok serve ARGS` in its own session on a free loopback port; `stop()` / context exit cleans up."""
 
@@ -146,7 +121,7 @@ def session_pids(sid: int) -> set[int]:
     return out
 
 
-def local_tokenizer(model_dir: Path = TINY):
+def local_tokenizer(model_dir: Path):
     from export.runtime import OnnxTokenizer
 
     return OnnxTokenizer.from_dir(model_dir, threads=1)

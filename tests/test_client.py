@@ -17,16 +17,22 @@ KEY = "client-key"
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("client")
-    args = ["--models-dir", str(models_dir(root, ("tiny-a", "tiny-b"))), "--max-pixels", "200000", "--threads", "1"]
+    models_dir(root, ("tiny-a", "tiny-b"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def live(root):
+    args = ["--models-dir", str(root / "models"), "--max-pixels", "200000", "--threads", "1"]
     with LiveServer(args, api_key=KEY, log=root / "serve.log") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return local_tokenizer()
+def tok(root):
+    return local_tokenizer(root / "models" / "tiny-a")
 
 
 def test_sync_client_round_trip(live, tok):
@@ -78,7 +84,7 @@ def test_each_error_class_has_its_exception(live):
         Client(f"http://127.0.0.1:{free_port()}", timeout=5).health()
 
 
-def test_cli_server_mode_equals_local(live, tmp_path, tok):
+def test_cli_server_mode_equals_local(live, root, tmp_path, tok):
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "VQTOK_API_KEY": KEY}
 
     def vqtok(*args: str) -> str:
@@ -94,7 +100,7 @@ def test_cli_server_mode_equals_local(live, tmp_path, tok):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "d.png")), tok.decode(codes)[0])
     out = vqtok("reconstruct", photo, "-o", str(tmp_path / "r.png"), "--server", live.url)
     local = vqtok("reconstruct", photo, "-o", str(tmp_path / "l.png"), "--local", "--model",
-                  str(models_dir(tmp_path / "m") / "tiny-a"))
+                  str(root / "models" / "tiny-a"))
     assert out.split("PSNR")[1] == local.split("PSNR")[1]
     served, local_png = (np.asarray(Image.open(tmp_path / n)) for n in ("r.png", "l.png"))
     np.testing.assert_array_equal(served, local_png)

@@ -22,13 +22,19 @@ MAX_PIXELS = 200_000  # above every fixture photo (≤ 433×288), below a 500×5
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def models(tmp_path_factory):
+    """A private copy of the tiny fixture under two ids (tests never read the shared fixture folder twice)."""
+    return models_dir(tmp_path_factory.mktemp("srv"), ("tiny-a", "tiny-b"))
+
+
+@pytest.fixture(scope="module")
+def client(models):
     from fastapi.testclient import TestClient
     from litserve.utils import wrap_litserve_start
 
     from server.app import Settings, build_server
 
-    root = models_dir(tmp_path_factory.mktemp("srv"), ("tiny-a", "tiny-b"))
+    root = models
     settings = Settings(api_key=KEY, max_batch_size=8, batch_timeout=0.02, max_pixels=MAX_PIXELS, max_body_mb=1.0,
                         threads=1)
     server = build_server(root, default_model="tiny-a", settings=settings)
@@ -41,11 +47,11 @@ def client(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return local_tokenizer()
+def tok(models):
+    return local_tokenizer(models / "tiny-a")
 
 
-def test_health_is_open_and_models_lists_the_registry(client):
+def test_health_is_open_and_models_lists_the_registry(client, models):
     assert client.get("/health", headers={"X-API-Key": ""}).status_code == 200
     listing = client.get("/v1/models").json()
     from tokenizer.hub import read_codebook_sha256
@@ -54,7 +60,7 @@ def test_health_is_open_and_models_lists_the_registry(client):
     assert [(m["id"], m["default"]) for m in listing["models"]] == [("tiny-a", True), ("tiny-b", False)]
     m = listing["models"][0]
     assert (m["factor"], m["codebook_size"], m["image_size"]) == (4, 64, 64)
-    assert m["codebook_sha256"] == read_codebook_sha256(TINY) == m["metadata"]["codebook_sha256"]
+    assert m["codebook_sha256"] == read_codebook_sha256(models / "tiny-a") == m["metadata"]["codebook_sha256"]
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {"/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/metrics", "/health"} <= paths
 
@@ -248,13 +254,14 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     from server.edge import Limits
     from server.registry import Registry
 
-    api = EncodeAPI(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), max_batch_size=8, threads=1)
+    root = models_dir(tmp_path)
+    api = EncodeAPI(Registry.scan(root), Limits(2**20, 10**6), max_batch_size=8, threads=1)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         api.setup("cpu")  # as in a worker process (it also ignores SIGINT there)
     finally:
         signal.signal(signal.SIGINT, sigint)
-    tok = local_tokenizer()
+    tok = local_tokenizer(root / "tiny-a")
     good = [tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "json"} for im in good]
     items.insert(1, {**items[0], "image": good[0].astype(np.float32)})  # same shape, wrong dtype: the batch call fails

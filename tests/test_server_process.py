@@ -20,9 +20,20 @@ KEY = "proc-key"
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("live")
-    args = ["--models-dir", str(models_dir(root)), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1"]
+    models_dir(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tok(root):
+    return local_tokenizer(root / "models" / "tiny-a")
+
+
+@pytest.fixture(scope="module")
+def live(root):
+    args = ["--models-dir", str(root / "models"), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1"]
     with LiveServer(args, api_key=KEY, log=root / "serve.log") as srv:
         yield srv
 
@@ -37,8 +48,7 @@ def _metrics(live) -> dict:
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in lines if line.startswith("vqtok_"))}
 
 
-def test_endpoints_equal_local_runtime(live):
-    tok = local_tokenizer()
+def test_endpoints_equal_local_runtime(live, tok):
     with _client(live) as c:
         assert c.get("/v1/models").json()["default"] == "tiny-a"
         for photo in PHOTOS[:2]:
@@ -60,8 +70,7 @@ async def _concurrent(live, path: str, requests: list[dict]) -> list[httpx.Respo
         return await asyncio.gather(*[c.post(path, **kw) for kw in requests])
 
 
-def test_one_bad_request_never_fails_its_batch_mates(live):
-    tok = local_tokenizer()
+def test_one_bad_request_never_fails_its_batch_mates(live, tok):
     good = PHOTOS[0].read_bytes()
     before = _metrics(live)
     reqs = [dict(content=good, headers={"Content-Type": "image/jpeg"}) for _ in range(7)]
@@ -105,7 +114,7 @@ def _wait_gone(sid: int, timeout: float = 15.0) -> set[int]:
     return left
 
 
-def test_zz_sigterm_finishes_in_flight_requests_and_leaves_no_process(live):
+def test_zz_sigterm_finishes_in_flight_requests_and_leaves_no_process(live, tok):
     """Runs last in this module: SIGTERM to the server process alone, as `docker stop` sends it."""
     assert len(session_pids(live.proc.pid)) >= 5  # server, manager, 3 workers, HTTP process (+ resource tracker)
     data = PHOTOS[1].read_bytes()
@@ -129,7 +138,7 @@ def test_zz_sigterm_finishes_in_flight_requests_and_leaves_no_process(live):
 
     reply = asyncio.run(main())
     assert reply.status_code == 200, reply.text
-    np.testing.assert_array_equal(np.array(reply.json()["codes"]), local_tokenizer().encode(data)[0])
+    np.testing.assert_array_equal(np.array(reply.json()["codes"]), tok.encode(data)[0])
     assert live.proc.wait(60) == 0
     assert _wait_gone(live.proc.pid) == set(), "processes left behind after SIGTERM"
 
