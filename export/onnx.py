@@ -110,8 +110,8 @@ class DecoderGraph(nn.Module):
 
 # -- export ----------------------------------------------------------------------------------------------------
 def _load(model_or_dir: Tokenizer | str | Path) -> tuple[Tokenizer, str]:
-    if isinstance(model_or_dir, Tokenizer):
-        return model_or_dir.eval(), model_or_dir.config.model_id or "unnamed"
+    if isinstance(model_or_dir, Tokenizer):  # a CPU eval copy: the caller's model (maybe training) is untouched
+        return copy.deepcopy(model_or_dir).cpu().eval(), model_or_dir.config.model_id or "unnamed"
     from tokenizer.hub import resolve_model_dir
 
     directory = resolve_model_dir(model_or_dir)
@@ -119,13 +119,20 @@ def _load(model_or_dir: Tokenizer | str | Path) -> tuple[Tokenizer, str]:
     return model, model.config.model_id or directory.name
 
 
-def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_side: int) -> dict[str, str]:
-    """The metadata_props both graphs carry (keys listed in docs/ARCHITECTURE.md)."""
+def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_side: int,
+             graph: str = "encoder") -> dict[str, str]:
+    """The metadata_props of one graph (keys listed in docs/ARCHITECTURE.md); input_*/output_* describe that
+    graph's own input and output (images for one, codes for the other)."""
     from vqtok import __version__
 
     cfg = model.config
+    images = {"layout": "NHWC [B, H, W, 3], H and W multiples of factor", "dtype": "uint8", "range": "[0, 255]"}
+    codes = {"layout": "[B, h, w] row-major grid, flatten in raster order", "dtype": "int32",
+             "range": f"[0, {cfg.codebook_size})"}
+    inp, out = (images, codes) if graph == "encoder" else (codes, images)
     return {
         "model_id": model_id,
+        "graph": graph,
         "factor": str(cfg.factor),
         "codebook_size": str(cfg.codebook_size),
         "code_dim": str(cfg.code_dim),
@@ -133,15 +140,11 @@ def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_si
         "image_size": str(cfg.image_size),
         "max_side": str(max_side),
         "codebook_sha256": model.codebook_sha256(),
-        "input_layout": "NHWC",
-        "input_dtype": "uint8",
-        "input_range": "[0, 255]",
-        "output_layout": "NHWC",
-        "output_dtype": "uint8",
-        "output_range": "[0, 255]",
+        **{f"input_{k}": v for k, v in inp.items()},
+        **{f"output_{k}": v for k, v in out.items()},
         "code_dtype": "int32",
-        "code_layout": "[B, h, w] row-major grid, raster order",
         "precision": precision,
+        "search_precision": "fp32",
         "vqtok_version": __version__,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
@@ -202,12 +205,13 @@ def export_model(model_or_dir: Tokenizer | str | Path, out_dir: str | Path | Non
     codes = torch.randint(0, model.config.codebook_size, (2, 4, 6), dtype=torch.int32)
     written: list[Path] = []
     for precision in ("fp32", "fp16") if fp16 else ("fp32",):
-        meta = metadata(model, model_id, precision, opset, max_side)
         enc_name, dec_name = graph_files(precision)
         _export_one(EncoderGraph(model, precision).eval(), images, out / enc_name, "images", "codes",
-                    {"images": ["batch", "height", "width"], "codes": ["batch", "h", "w"]}, meta, opset, f, max_side)
+                    {"images": ["batch", "height", "width"], "codes": ["batch", "h", "w"]},
+                    metadata(model, model_id, precision, opset, max_side, "encoder"), opset, f, max_side)
         _export_one(DecoderGraph(model, precision).eval(), codes, out / dec_name, "codes", "images",
-                    {"codes": ["batch", "h", "w"], "images": ["batch", "height", "width"]}, meta, opset, f, max_side)
+                    {"codes": ["batch", "h", "w"], "images": ["batch", "height", "width"]},
+                    metadata(model, model_id, precision, opset, max_side, "decoder"), opset, f, max_side)
         written += [out / enc_name, out / dec_name]
         if optimize and precision == "fp32":  # fp16 is for GPUs; the CPU copy is fp32 only
             written += [optimize_for_cpu(out / enc_name), optimize_for_cpu(out / dec_name)]

@@ -197,9 +197,10 @@ class OnnxTokenizer:
         codes = self.encoder.run(None, {"images": np.ascontiguousarray(batch)})[0]
         return codes.astype(np.int64)
 
-    def encode(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize") -> np.ndarray:
+    def encode(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize",
+               max_pixels: int | None = None) -> np.ndarray:
         """PIL images, bytes, paths or uint8 arrays (one or a list, or a uint8 [B, H, W, 3] batch) → int64 [B, h, w]."""
-        batch, _ = self.prepare(images, policy)
+        batch, _ = self.prepare(images, policy, max_pixels=max_pixels)
         return self.encode_array(batch)
 
     # -- decode ----------------------------------------------------------------------------------------------------
