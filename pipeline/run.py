@@ -36,8 +36,11 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
                      batch_size: int = 32, engine: str = "local", shard_size: int = 1000, workers: int | None = None,
                      device: str = "cpu", max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES,
                      ray_address: str | None = None, ray_actors: int | None = None, progress: bool = True,
-                     on_shard: Callable[[int, Path], Any] | None = None) -> dict:
-    """Tokenize every image of SRC into Parquet shards under DST; returns the manifest (also in DST/manifest.json)."""
+                     on_shard: Callable[[int, Path], Any] | None = None, tokenizer: Any = None) -> dict:
+    """Tokenize every image of SRC into Parquet shards under DST; returns the manifest (also in DST/manifest.json).
+
+    `tokenizer`: an already loaded `OnnxTokenizer` of `model` for the local engine (saves loading the sessions).
+    """
     from vqtok import __version__
 
     if policy not in ("resize", "native"):
@@ -82,7 +85,9 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
 
                 from .local import run_local
 
-                tok = OnnxTokenizer.from_dir(model, device=device)
+                tok = tokenizer or OnnxTokenizer.from_dir(model, device=device)
+                if tok.metadata.codebook_sha256 != info["codebook_sha256"]:
+                    raise ValueError("the tokenizer passed is not the model given (codebook sha256 differs)")
                 run_local(tok, items, ranges, pending, sink, prep, batch_size, workers or _default_workers(),
                           bar.update if bar else None)
             elif pending:

@@ -129,11 +129,11 @@ def test_bad_files_become_error_records_and_the_run_continues(tmp_path):
     assert m["totals"] == {"items": 7, "rows": 2, "errors": 5, "shards": 3} and verify(dst) == []
 
 
-def test_path_list_and_a_missing_file(tmp_path):
+def test_path_list_and_a_missing_file(tmp_path, tok):
     lst = tmp_path / "list.txt"
     lst.write_text(f"# fixture photos\n{PHOTOS[1]}\n\nmissing/nowhere.jpg\n{PHOTOS[0]}\n")
     dst = tmp_path / "out"
-    tokenize_dataset(str(lst), dst, TINY, progress=False)
+    tokenize_dataset(str(lst), dst, TINY, progress=False, tokenizer=tok)  # a loaded session is reused
     assert [r["key"] for r in read_rows(dst)] == [str(PHOTOS[1]), str(PHOTOS[0])]  # the list's order
     assert [(e["key"], e["kind"]) for e in read_errors(dst)] == [("missing/nowhere.jpg", "unreadable")]
 
