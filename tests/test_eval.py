@@ -119,7 +119,7 @@ def test_cli_writes_json_md_png_on_manifest_split(model, tmp_path):
     (tmp_path / "data" / "manifest.tsv").write_text("file\tsplit\n" + "\n".join(rows) + "\n")
     out = tmp_path / "report"
     rc = main(["eval", str(model_dir), str(tmp_path / "data"), "--size", str(SIZE), "--perceptual", "none",
-               "--grid", "1", "--out", str(out)])
+               "--threads", "1", "--grid", "1", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "eval.json").read_text())
     assert data["n_images"] == 3 and data["split"] == "val" and data["perceptual"] is None

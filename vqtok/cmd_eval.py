@@ -17,11 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", "-o", default="eval", help="folder for eval.json, eval.md, eval_grid.png (default: eval)")
     p.add_argument("--grid", type=int, default=4, help="how many worst and best reconstructions to show")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default; 1 is much faster on a busy shared machine)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from tokenizer.eval import evaluate, markdown_table, write_reports
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = evaluate(args.model, args.data, split=None if args.split == "all" else args.split, size=args.size,
                       batch_size=args.batch_size, perceptual=args.perceptual, device=args.device, grid_n=args.grid)
     files = write_reports(result, args.out)
