@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     from export.runtime import OnnxTokenizer
 
     tok = OnnxTokenizer.from_dir(model_dir)
-    res |= {"model_dir": str(model_dir), "model_choice": how, "model_id": tok.metadata.model_id,
-            "image_size": tok.metadata.image_size}
     graph_files = f"{Path(tok.encoder._model_path).name}, {Path(tok.decoder._model_path).name}"
+    res |= {"model_dir": str(model_dir), "model_choice": how, "model_id": tok.metadata.model_id,
+            "image_size": tok.metadata.image_size, "graph_files": graph_files}
     size = cfg["size"]
     del tok
     print(f"[bench] {now_utc()}: model {model_dir} ({how}); sections {', '.join(sections)}", flush=True)

@@ -46,7 +46,7 @@ def test_bench_smoke(tmp_path):
     assert st["median_ratio"] > 0 and st["quantizer_rotation_ms"] > 0
     assert res["training"]["training_rss"]["peak_rss_mib"] > 50
     assert res["pipeline"]["ratio"] > 0
-    assert "not measured" not in res["gpu"] and res["gpu"]["skipped"]  # CPU run: GPU reported as not measured
+    assert res["gpu"]["skipped"]  # CPU run: the GPU rows say "not measured"
 
     text = doc.read_text()
     assert text == report.render(res)
