@@ -29,13 +29,18 @@ FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_
             profile_batch=8, profile_runs=2, tuning_batch=8, tuning_max_s=20.0, tuning_rounds=3,
             concurrency=[1, 8, 32], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"],
             serve_s=6.0, serve_max_requests=240, raw_s=2.5, step_crop=128, step_batch=4, step_repeats=6,
-            rss_steps=3, rss_overrides=[], pipeline_images=48, pipeline_batch=8)
+            rss_steps=3, rss_overrides=[], pipeline_images=48, pipeline_batch=8,
+            serve_variants=[{"label": "batch window 2 ms", "batch_timeout": 0.002, "threads": "cores",
+                             "cells": [["encode-npy", 1], ["decode", 1], ["encode-npy", 8]]},
+                            {"label": "server default threads", "threads": None,
+                             "cells": [["encode-npy", 1], ["encode-npy", 8]]}])
 SMOKE = dict(probe_n=128, size=64, batches=[1, 2], headline_batch=2, model_max_s=0.3, model_max_rounds=3,
              profile_batch=2, profile_runs=1, tuning_batch=2, tuning_max_s=0.5, tuning_rounds=2,
              concurrency=[1, 2], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"], serve_s=0.5,
              serve_max_requests=6, raw_s=0.2, step_crop=32, step_batch=2, step_repeats=2, rss_steps=1,
              rss_overrides=["batch_size=2", "crop=32", "perceptual=\"none\"", "workers=0"], pipeline_images=8,
-             pipeline_batch=4)
+             pipeline_batch=4, serve_variants=[{"label": "batch window 2 ms", "batch_timeout": 0.002, "threads": 1,
+                                                "cells": [["encode-npy", 1]]}])
 SECTIONS = ("probe", "model", "profile", "tuning", "serving", "training", "pipeline", "gpu")
 TINY = REPO / "tests" / "fixtures" / "tiny-model"
 
@@ -141,14 +146,21 @@ def main(argv: list[str] | None = None) -> int:
         return {"flops": flops, "rows": rows, "graph_files": graph_files}
 
     run("model", model_section)
+    if "probe" in sections and "model" in sections:  # the limit again, after the model: drift shows, max is used
+        try:
+            res["probe_end"] = probe.probe(cfg["probe_n"], max_s=4.0 if not args.smoke else 0.3)
+        except Exception as err:
+            res["errors"]["probe_end"] = f"{type(err).__name__}: {err}"
     run("profile", lambda: ort_profile.profile(model_dir, cfg["profile_batch"], size,
                                                flops or model_speed.count_flops(model_dir, size), cfg["profile_runs"]))
     run("tuning", lambda: tuning.tuning(model_dir, cfg["tuning_batch"], size, cfg["tuning_max_s"], cfg["tuning_rounds"]))
 
     def serving_section() -> dict:
         log = out_path.with_suffix(".serve.log")
+        variants = [v | {"threads": cores() if v.get("threads") == "cores" else v.get("threads")}
+                    for v in cfg["serve_variants"]]
         out = serving.serving(model_dir, cfg["concurrency"], cfg["endpoints"], cfg["serve_s"], cfg["serve_max_requests"],
-                              threads=1 if args.smoke else None, raw_s=cfg["raw_s"], log=log)
+                              threads=1 if args.smoke else None, raw_s=cfg["raw_s"], log=log, variants=variants)
         log.unlink(missing_ok=True)
         return out
 
@@ -161,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             mcfg = dict(STUDY_SMOKE["model"])
         else:
             mcfg = training.default_model_config(model_dir)
-        return {"step_time": training.step_time(mcfg, cfg["step_crop"], cfg["step_batch"], cfg["step_repeats"]),
+        return {"step_time": training.step_time(mcfg, cfg["step_crop"], cfg["step_batch"], cfg["step_repeats"],
+                                                quant_max_s=0.3 if args.smoke else 3.0),
                 "training_rss": training.training_rss(mcfg, cfg["rss_steps"], overrides=cfg["rss_overrides"])}
 
     run("training", training_section)

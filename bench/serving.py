@@ -41,14 +41,15 @@ def free_port() -> int:
 class Server:
     """`python -m vqtok serve` on 127.0.0.1:<free port> in its own session; `stop()` kills the whole session."""
 
-    def __init__(self, model_dir: Path, threads: int, max_batch_size: int = 8, batch_timeout: float | None = None,
+    def __init__(self, model_dir: Path, threads: int | None, max_batch_size: int = 8, batch_timeout: float | None = None,
                  device: str = "cpu", log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "vqtok", "serve", "--models-dir", str(model_dir.parent), "--model",
                 model_dir.name, "--default-model", model_dir.name, "--host", "127.0.0.1", "--port", str(self.port),
-                "--threads", str(threads), "--max-batch-size", str(max_batch_size), "--device", device,
-                "--log-level", "warning"]
+                "--max-batch-size", str(max_batch_size), "--device", device, "--log-level", "warning"]
+        if threads:
+            args += ["--threads", str(threads)]
         if batch_timeout is not None:
             args += ["--batch-timeout", str(batch_timeout)]
         self.args = args
@@ -215,10 +216,40 @@ def raw_fns(tok, image: np.ndarray, codes: np.ndarray, batch: int) -> dict:
             "reconstruct": lambda: tok.decode(tok.encode_array(images))}
 
 
+def _cells(server: "Server", tok, image: np.ndarray, jpeg: bytes, codes: np.ndarray, cells: list[tuple[str, int]],
+           raw_cache: dict, raw_threads: int, seconds: float, max_requests: int, max_batch_size: int, raw_s: float,
+           label: str = "") -> list[dict]:
+    rows = []
+    for endpoint, c in cells:
+        graph = endpoint.split("-")[0]
+        b = min(c, max_batch_size)
+        # raw ORT at the batch the server forms, timed before the first cell that needs it
+        if (graph, b) not in raw_cache:
+            t = bench(raw_fns(tok, image, codes, b)[graph], max_reps=20, max_s=raw_s, min_reps=2, warmup=1)
+            raw_cache[(graph, b)] = {"batch": b, "images_per_s": b / t.median, "ms_per_batch": 1e3 * t.median,
+                                     "n": len(t.times), "threads": raw_threads}
+        raw = raw_cache[(graph, b)]
+        cell = load(server.url, endpoint, jpeg, codes, c, max_requests, seconds)
+        cell |= {"endpoint": endpoint, "concurrency": c, "raw": raw,
+                 "served_over_raw": cell["throughput_rps"] / raw["images_per_s"],
+                 "p50_minus_raw_batch_ms": cell["p50_ms"] - raw["ms_per_batch"]}
+        if label:
+            cell["server"] = label
+        rows.append(cell)
+        print(f"  serve{' [' + label + ']' if label else ''} {endpoint:12s} c={c:<3d} {cell['throughput_rps']:7.2f} "
+              f"req/s (raw b={b}: {raw['images_per_s']:.2f} img/s, ratio {cell['served_over_raw']:.3f}) "
+              f"p50 {cell['p50_ms']:.1f} p95 {cell['p95_ms']:.1f} p99 {cell['p99_ms']:.1f} ms "
+              f"[{cell['requests']} req, {cell['errors']} err]", flush=True)
+    return rows
+
+
 def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], seconds: float = 6.0,
             max_requests: int = 400, threads: int | None = None, max_batch_size: int = 8,
             batch_timeout: float | None = None, device: str = "cpu", log: Path | None = None,
-            raw_s: float = 3.0) -> dict:
+            raw_s: float = 3.0, variants: list[dict] | None = None) -> dict:
+    """The main grid (every endpoint × concurrency) on one server, then optional `variants`: other server settings
+    ({"label", "threads" (None: the server's default), "batch_timeout", "cells": [(endpoint, C), ...]}) measured
+    the same way, for the "why" behind a number (e.g. the batching window at concurrency 1)."""
     from export.runtime import OnnxTokenizer
 
     threads = threads or cores()
@@ -227,35 +258,24 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
     jpeg, image = test_image(size)
     codes = tok.encode_array(image[None])[0]
     raw_cache: dict[tuple[str, int], dict] = {}
-    rows = []
     t_start = time.perf_counter()
     server = Server(model_dir, threads, max_batch_size, batch_timeout, device, log)
     with server:
         startup_s = time.perf_counter() - t_start
-        for endpoint in endpoints:
-            graph = endpoint.split("-")[0]
-            for c in concurrency:
-                b = min(c, max_batch_size)
-                # raw ORT at the batch the server forms, timed before the first cell that needs it
-                if (graph, b) not in raw_cache:
-                    t = bench(raw_fns(tok, image, codes, b)[graph], max_reps=20, max_s=raw_s, min_reps=2, warmup=1)
-                    raw_cache[(graph, b)] = {"batch": b, "images_per_s": b / t.median, "ms_per_batch": 1e3 * t.median,
-                                             "n": len(t.times)}
-                raw = raw_cache[(graph, b)]
-                cell = load(server.url, endpoint, jpeg, codes, c, max_requests, seconds)
-                cell |= {"endpoint": endpoint, "concurrency": c, "raw": raw,
-                         "served_over_raw": cell["throughput_rps"] / raw["images_per_s"],
-                         "p50_minus_raw_batch_ms": cell["p50_ms"] - raw["ms_per_batch"]}
-                rows.append(cell)
-                print(f"  serve {endpoint:12s} c={c:<3d} {cell['throughput_rps']:7.2f} req/s "
-                      f"(raw b={b}: {raw['images_per_s']:.2f} img/s, ratio {cell['served_over_raw']:.3f}) "
-                      f"p50 {cell['p50_ms']:.1f} p95 {cell['p95_ms']:.1f} p99 {cell['p99_ms']:.1f} ms "
-                      f"[{cell['requests']} req, {cell['errors']} err]", flush=True)
+        rows = _cells(server, tok, image, jpeg, codes, [(e, c) for e in endpoints for c in concurrency], raw_cache,
+                      threads, seconds, max_requests, max_batch_size, raw_s)
         mem = server.memory()
-    return {"model_dir": str(model_dir), "threads": threads, "max_batch_size": max_batch_size,
-            "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.01, "device": device,
-            "server_command": " ".join(server.args[1:]), "startup_s": startup_s, "image_size": size,
-            "upload_bytes": len(jpeg), "rows": rows, "memory": mem}
+    out = {"model_dir": str(model_dir), "threads": threads, "max_batch_size": max_batch_size,
+           "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.01, "device": device,
+           "server_command": " ".join(server.args[1:]), "startup_s": startup_s, "image_size": size,
+           "upload_bytes": len(jpeg), "rows": rows, "memory": mem, "variants": []}
+    for v in variants or []:
+        vs = Server(model_dir, v.get("threads"), max_batch_size, v.get("batch_timeout"), device, log)
+        with vs:
+            vrows = _cells(vs, tok, image, jpeg, codes, [tuple(c) for c in v["cells"]], raw_cache, threads, seconds,
+                           max_requests, max_batch_size, raw_s, label=v["label"])
+        out["variants"].append({"label": v["label"], "server_command": " ".join(vs.args[1:]), "rows": vrows})
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:

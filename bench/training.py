@@ -43,7 +43,8 @@ def default_model_config(model_dir: Path | None = None) -> dict:
     return d
 
 
-def step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads: int | None = None) -> dict:
+def step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads: int | None = None,
+              quant_max_s: float = 3.0) -> dict:
     """rotation / STE full-step ratio (the study's function) and the quantizer-only times."""
     import torch
 
@@ -73,7 +74,7 @@ def step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads
                 (zq.square().mean() + aux["loss"]).backward()
                 q.zero_grad(set_to_none=True)
             return go
-        t = interleaved({"rotation": arm("rotation"), "ste": arm("ste")}, max_rounds=200, max_s=3.0, min_rounds=10)
+        t = interleaved({"rotation": arm("rotation"), "ste": arm("ste")}, max_rounds=200, max_s=quant_max_s, min_rounds=5)
     finally:
         torch.set_num_threads(old)
     qr, qs = t["rotation"].median, t["ste"].median

@@ -39,6 +39,9 @@ def test_bench_smoke(tmp_path):
     for r in rows:
         assert r["requests"] > 0 and r["errors"] == 0 and r["served_over_raw"] > 0
         assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    (variant,) = res["serving"]["variants"]
+    assert variant["rows"][0]["requests"] > 0 and variant["rows"][0]["errors"] == 0
+    assert "--batch-timeout 0.002" in variant["server_command"]
     mem = res["serving"]["memory"]
     assert mem["inference_workers"] == 3 and mem["worker_peak_rss_mib"] > 10
 
