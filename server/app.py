@@ -153,6 +153,11 @@ class VqtokServer(ls.LitServer):
             if self._stopped:
                 return
             self._stopped = True
+        event = getattr(self, "_shutdown_event", None)
+        if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
+            setter = threading.Thread(target=_set_event, args=(event,), daemon=True)
+            setter.start()
+            setter.join(5)
         procs = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
         for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
             if w.is_alive():
@@ -161,6 +166,9 @@ class VqtokServer(ls.LitServer):
             w.join(self.uvicorn_graceful_timeout + 5)
             if w.is_alive():
                 w.kill()
+        for t in threading.enumerate():  # the monitor must not poll the manager while it shuts down
+            if t.name == "litserve-monitoring" and t is not threading.current_thread():
+                t.join(self.monitor_internal + 3)
         rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
         super()._perform_graceful_shutdown(manager, rest, "normal")
 
