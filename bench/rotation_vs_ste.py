@@ -95,7 +95,8 @@ def summarise(runs: list[dict]) -> dict:
         for arm in ARMS:
             sel = [r for r in runs if r["codebook"] == cb and r["arm"] == arm]
             if sel:
-                table[f"{cb}/{arm}"] = {m: ms([r["eval"][m] for r in sel]) for m in METRICS if sel[0]["eval"][m] is not None}
+                table[f"{cb}/{arm}"] = {m: ms([r["eval"][m] for r in sel]) for m in METRICS
+                                        if sel[0]["eval"][m] is not None}
         pairs = [(r, s) for r in runs for s in runs if r["codebook"] == s["codebook"] == cb and r["seed"] == s["seed"]
                  and r["arm"] == "rotation" and s["arm"] == "ste"]
         if pairs:
@@ -132,8 +133,9 @@ def plot(runs: list[dict], path: Path) -> None:
             ax = axes[i][j]
             for arm, colour in zip(ARMS, ("tab:blue", "tab:orange")):
                 for k, r in enumerate(r for r in runs if r["codebook"] == cb and r["arm"] == arm):
-                    ax.plot([c["step"] for c in r["curve"]], [c[key] * (100 if key == "usage" else 1) for c in r["curve"]],
-                            color=colour, alpha=0.7, lw=1, label=arm if k == 0 else None)
+                    scale = 100 if key == "usage" else 1
+                    ax.plot([c["step"] for c in r["curve"]], [c[key] * scale for c in r["curve"]], color=colour,
+                            alpha=0.7, lw=1, label=arm if k == 0 else None)
             ax.set_title(f"{cb} codes: {label}", fontsize=10)
             ax.set_xlabel("step")
             ax.set_ylabel("% of K" if key == "usage" else "mean over positions")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in timing:
         print(f"step time ({t['codebook']}): rotation/STE median ratio {t['median_ratio']:.3f} "
               f"({t['median_rotation_s'] * 1e3:.1f} ms vs {t['median_ste_s'] * 1e3:.1f} ms)")
-    print(f"wall time {time.time() - t0:.0f} s; wrote {report / 'rotation_vs_ste.json'}, {report / 'rotation_vs_ste.png'}")
+    print(f"wall time {time.time() - t0:.0f} s; wrote {report / 'rotation_vs_ste.json'} and .png")
     return 0
 
 

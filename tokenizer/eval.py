@@ -83,15 +83,20 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
              fd_net: EffNetLite0 | None = None) -> dict:
     """Metrics of `model_or_path` on `data` (folder, manifest TSV, or folder with manifest.tsv + `split`).
 
+    `device` applies to a model loaded from a path; a Tokenizer passed in is evaluated on its own device.
     `perceptual`: 'effnet' | 'lpips' | 'none', or a loaded distance module (x, y) → [B]; with `fd_net` (an
     EffNetLite0) a caller evaluating many models loads the networks once.
     The worst and best `grid_n` reconstructions are returned under the private key `_extremes` (see write_reports).
     """
     t0 = time.time()
-    model = model_or_path if isinstance(model_or_path, Tokenizer) else Tokenizer.from_pretrained(model_or_path)
+    if isinstance(model_or_path, Tokenizer):
+        model = model_or_path
+        dev = next(model.parameters()).device  # a loaded model is evaluated where it lives
+    else:
+        dev = torch.device(device)
+        model = Tokenizer.from_pretrained(model_or_path).to(dev)
     was_training = model.training
     model.eval()
-    dev = torch.device(device)
     cfg, f = model.config, model.factor
     paths = list_images(data, split)
     kind = perceptual if isinstance(perceptual, str) else (
