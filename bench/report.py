@@ -113,6 +113,53 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def findings(res: dict) -> list[str]:
+    """Sentences that read the measurements against the targets (every figure comes from `res`)."""
+    out: list[str] = []
+    ort_probe = probe_gflops(res, "onnxruntime")
+    prof = res.get("profile") or {}
+    for g in ("encode", "decode"):
+        p = prof.get(g)
+        if not p or not ort_probe or "conv_gflops" not in p:
+            continue
+        other = sorted(((op, sh) for op, sh in p["by_op_share"].items() if "Conv" not in op), key=lambda kv: -kv[1])
+        conv_eff = p["conv_gflops"] / ort_probe
+        out.append(
+            f"ORT {g} (batch {prof['batch']}): Conv kernels take {100 * p['conv_time_share']:.0f} % of kernel time and "
+            f"carry {100 * p['conv_flop_share']:.0f} % of the counted FLOPs; they run at {p['conv_gflops']:.0f} GFLOP/s = "
+            f"{100 * conv_eff:.0f} % of the MatMul probe. The other {100 * (1 - p['conv_time_share']):.0f} % of the time "
+            f"goes to ops with (almost) no FLOPs: " + ", ".join(f"{op} {100 * sh:.0f} %" for op, sh in other[:5]) +
+            f". Were every non-Conv op free, the graph would reach about "
+            f"{100 * conv_eff / max(p['conv_flop_share'], 1e-9):.0f} % of the probe (Conv speed over the Conv share of "
+            "the FLOPs).")
+    srv = res.get("serving") or {}
+    one = {r["endpoint"]: r for r in srv.get("rows", []) if r["concurrency"] == 1}
+    for v in srv.get("variants", []):
+        for r in v["rows"]:
+            base = one.get(r["endpoint"]) if r["concurrency"] == 1 else None
+            if base:
+                out.append(f"Concurrency 1, {r['endpoint']}: p50 − raw is {base['p50_minus_raw_batch_ms']:+.1f} ms with the "
+                           f"default {1e3 * srv.get('batch_timeout_s', 0.01):.0f} ms batching window and "
+                           f"{r['p50_minus_raw_batch_ms']:+.1f} ms with \"{v['label']}\": a lone request waits for the "
+                           "window to close before it runs.")
+    by = {(r["endpoint"], r["concurrency"]): r for r in srv.get("rows", [])}
+    for v in srv.get("variants", []):
+        if "default threads" in v["label"]:
+            for r in v["rows"]:
+                base = by.get((r["endpoint"], r["concurrency"]))
+                if base:
+                    out.append(f"{r['endpoint']} at C={r['concurrency']}: {r['throughput_rps']:.2f} req/s with the server's "
+                               f"default thread split (`{v['server_command'].split(' --max-batch-size')[0].split()[-1]}` "
+                               f"without --threads: cores / (workers × 3 endpoints) ORT threads per worker) vs "
+                               f"{base['throughput_rps']:.2f} req/s with --threads {srv.get('threads')}.")
+    st = (res.get("training") or {}).get("step_time") or {}
+    if "quantizer_delta_ms" in st:
+        out.append(f"Rotation vs STE: the quantizer's forward + backward differs by {st['quantizer_delta_ms']:+.2f} ms "
+                   f"({st['quantizer_delta_pct_of_step']:+.2f} % of a {1e3 * st['median_ste_s']:.0f} ms step); the full-step "
+                   f"ratio {st['median_ratio']:.3f} is that plus timing noise of the whole step.")
+    return out
+
+
 def render(res: dict) -> str:
     m = res.get("machine", {})
     cfg = res.get("config", {})
@@ -303,6 +350,9 @@ def render(res: dict) -> str:
               "`python -m bench --device cuda` measures ONNX Runtime CUDA fp32 and fp16 (and torch eager on CUDA) "
               "at the same batch sizes, and the served/raw ratio with `vqtok serve --device cuda`."]
     L += [""]
+    found = findings(res)
+    if found:
+        L += ["## Findings (computed from the numbers above)", ""] + [f"- {f}" for f in found] + [""]
     notes = res.get("notes")
     if notes:
         L += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

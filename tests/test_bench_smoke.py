@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from bench import report
 from bench.__main__ import main as bench_main
 
 
-@pytest.mark.timeout(300)
 def test_bench_smoke(tmp_path):
     out, doc = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
     threads = torch.get_num_threads()
