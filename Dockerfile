@@ -16,13 +16,8 @@ RUN apt-get update \
 RUN python3 -m venv /opt/vqtok
 ENV PATH=/opt/vqtok/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY tokenizer/ tokenizer/
-COPY export/ export/
-COPY server/ server/
-COPY vqtok/ vqtok/
-COPY bench/ bench/
-COPY weights/ weights/
+# .dockerignore lets through exactly pyproject.toml, README.md and the packages pyproject lists (weights included)
+COPY . .
 # The serving install only: the base dependencies + the `serve` extra. Fail the build if torch slipped in.
 RUN pip install ".[serve]" \
  && python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)" \

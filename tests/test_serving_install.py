@@ -14,12 +14,28 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "README.md", "tokenizer", "export", "server", "vqtok", "bench", "weights"]  # = Dockerfile
-TESTS = ["conftest.py", "_serving.py", "test_server.py", "test_server_process.py", "test_client.py"]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
-pytestmark = pytest.mark.skipif(os.environ.get("VQTOK_TEST_SERVING_INSTALL") != "1",
-                                reason="set VQTOK_TEST_SERVING_INSTALL=1 (installs from PyPI into a fresh venv)")
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+SOURCES = ["pyproject.toml", "README.md", *PACKAGES]  # what the Docker build context holds (.dockerignore)
+TESTS = ["conftest.py", "_serving.py", "test_server.py", "test_server_process.py", "test_client.py"]
+opt_in = pytest.mark.skipif(os.environ.get("VQTOK_TEST_SERVING_INSTALL") != "1",
+                            reason="set VQTOK_TEST_SERVING_INSTALL=1 (installs from PyPI into a fresh venv)")
+
+
+def test_docker_context_and_image_shape():
+    """The Docker build context lets through every source `pip install .` needs; the image is the serving one."""
+    allowed = {line[1:].strip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    assert set(SOURCES) <= allowed, f".dockerignore must re-include {sorted(set(SOURCES) - allowed)}"
+    docker = (REPO / "Dockerfile").read_text()
+    for needed in ('pip install ".[serve]"', "find_spec('torch')", "USER vqtok", "HEALTHCHECK", "/health",
+                   'CMD ["vqtok", "serve", "--device", "cuda"]', "cudnn"):
+        assert needed in docker, f"Dockerfile lacks {needed!r}"
 
 
 def _copy(names: list[str], src: Path, dst: Path) -> None:
@@ -31,6 +47,7 @@ def _copy(names: list[str], src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+@opt_in
 def test_serving_install_has_no_torch_and_passes_the_server_tests(tmp_path):
     missing = [n for n in SOURCES if not (REPO / n).exists()]
     assert not missing, f"the image's sources are missing {missing} (the Dockerfile COPYs them)"
