@@ -61,13 +61,13 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
     else:
         size = 0
     prep = Prep(policy, size, f, max_pixels, max_bytes, info["max_side"] if policy == "native" else 0)
+    items = list_source(src)
+    if not items:
+        raise FileNotFoundError(f"no images found in {src!r} (extensions: jpg, jpeg, png, webp, bmp, gif, tif, "
+                                "tiff, ppm, pgm, pnm; or list the paths in a text file)")
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     with run_lock(dst):
-        items = list_source(src)
-        if not items:
-            raise FileNotFoundError(f"no images found in {src!r} (extensions: jpg, jpeg, png, webp, bmp, gif, tif, "
-                                    "tiff, ppm, pgm, pnm; or list the paths in a text file)")
         ranges = shard_ranges(len(items), shard_size)
         state = {"vqtok_version": __version__, "source": str(src), "listing_sha256": listing_sha256(items),
                  "n_items": len(items), "shard_size": shard_size, "model": info,
