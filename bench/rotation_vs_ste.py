@@ -126,8 +126,9 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(CODEBOOKS), figsize=(11, 7), squeeze=False)
-    for j, cb in enumerate(CODEBOOKS):
+    cbs = [cb for cb in CODEBOOKS if any(r["codebook"] == cb for r in runs)]
+    fig, axes = plt.subplots(2, len(cbs), figsize=(5.5 * len(cbs), 7), squeeze=False)
+    for j, cb in enumerate(cbs):
         for i, (key, label) in enumerate((("usage", "codebook usage in the training batch"),
                                            ("quant_error", "quantisation error ‖e − q‖²"))):
             ax = axes[i][j]
@@ -155,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="override the training steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared machine)")
-    p.add_argument("--timing-repeats", type=int, default=40)
+    p.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=list(CODEBOOKS))
+    p.add_argument("--timing-repeats", type=int, default=40, help="step-time rounds (0: skip the measurement)")
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one seed (fixture photos)")
     args = p.parse_args(argv)
 
@@ -172,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     pdist = PerceptualDistance()
     t0 = time.time()
-    timing = [step_time_ratio(spec, cb, 3 if args.smoke else args.timing_repeats, args.threads) for cb in CODEBOOKS]
+    repeats = 3 if args.smoke else args.timing_repeats
+    timing = [step_time_ratio(spec, cb, repeats, args.threads) for cb in args.codebooks] if repeats else []
     runs = []
     for seed in seeds:  # seed-major: a partial study still holds complete matched pairs
-        for cb in CODEBOOKS:
+        for cb in args.codebooks:
             for arm in ARMS:
                 r = train_and_eval(spec, args.data, Path(args.out) / f"{cb}-{arm}-s{seed}", cb, arm, seed,
                                    args.threads, (pdist, pdist.net))
