@@ -58,7 +58,9 @@ def test_files_checker_and_metadata(exported):
         assert meta["codebook_sha256"] == model.codebook_sha256() == read_codebook_sha256(out)
         assert (meta["model_id"], meta["factor"], meta["codebook_size"], meta["code_dim"]) == (
             "small-random", "4", "64", "4")
-        assert meta["code_dtype"] == "int32" and meta["input_layout"] == "NHWC" and meta["opset"] == "18"
+        assert meta["code_dtype"] == "int32" and meta["opset"] == "18" and meta["search_precision"] == "fp32"
+        image_side = "input" if name.startswith("encoder") else "output"
+        assert meta[f"{image_side}_layout"].startswith("NHWC") and meta[f"{image_side}_dtype"] == "uint8"
         assert meta["precision"] == ("fp16" if "fp16" in name else "fp32")
         for key in ("vqtok_version", "torch_version", "onnx_version", "max_side", "input_range", "output_range"):
             assert meta[key]
@@ -81,18 +83,20 @@ def test_graph_io_types(exported):
 
 @pytest.mark.parametrize("shape", [(1, 32, 32), (3, 16, 40), (2, 4, 4), (1, 64, 8)])
 def test_dynamic_shapes_match_torch(exported, shape):
-    """Any batch and any H, W multiple of f (none of them the export example's 2×16×24)."""
+    """Any batch and any H, W multiple of f (none of them the export example's 2×16×24), plain and ORT-optimised."""
     model, out = exported
-    tok = OnnxTokenizer.from_dir(out, threads=1)
     b, h, w = shape
     images = np.random.default_rng(0).integers(0, 256, (b, h, w, 3), dtype=np.uint8)
-    codes = tok.encode_array(images)
     ref = torch_codes(model, images)
-    assert codes.shape == ref.shape == (b, h // 4, w // 4)
-    assert (codes == ref).mean() >= 0.99  # random weights: near-ties are rare but possible
-    decoded = tok.decode(ref)
-    assert decoded.shape == (b, h, w, 3)
-    assert np.abs(decoded.astype(int) - torch_images(model, ref)).max() <= 1
+    ref_images = torch_images(model, ref)
+    for optimized in (False, True):
+        tok = OnnxTokenizer.from_dir(out, threads=1, optimized=optimized)
+        codes = tok.encode_array(images)
+        assert codes.shape == ref.shape == (b, h // 4, w // 4)
+        assert (codes == ref).mean() >= 0.99  # random weights: near-ties are rare but possible
+        decoded = tok.decode(ref)
+        assert decoded.shape == (b, h, w, 3)
+        assert np.abs(decoded.astype(int) - ref_images).max() <= 1
 
 
 def test_fixture_graphs_match_fixture_weights():
@@ -103,9 +107,9 @@ def test_fixture_graphs_match_fixture_weights():
 
 def _check_committed(model_dir: Path) -> None:
     sha = read_codebook_sha256(model_dir)
-    for name in ("encoder.onnx", "decoder.onnx"):
-        assert read_metadata(model_dir / name)["codebook_sha256"] == sha, (
-            f"{model_dir / name} was exported from other weights; run `vqtok export {model_dir}`")
+    for path in sorted(model_dir.glob("*.onnx")):  # plain, fp16 and ORT-optimised graphs alike
+        assert read_metadata(path)["codebook_sha256"] == sha, (
+            f"{path} was exported from other weights; run `vqtok export {model_dir}`")
     model = Tokenizer.from_pretrained(model_dir)
     tok = OnnxTokenizer.from_dir(model_dir, optimized=False, threads=1)
     batch, _ = tok.prepare(PHOTOS[:2])
@@ -196,11 +200,12 @@ def test_cli_verify_and_info(exported, capsys):
 
 @pytest.mark.slow
 def test_cli_export_out_and_opset(tmp_path, capsys):
-    """--out writes graphs (and the report) elsewhere, --opset is honoured, export_model takes an in-memory model."""
+    """--out writes graphs (and the report) elsewhere, --opset is honoured, unnormalised codes and no attention
+    export and verify, export_model takes an in-memory model."""
     from vqtok.cli import main
 
     torch.manual_seed(3)
-    model = Tokenizer(small_config())
+    model = Tokenizer(small_config(normalize_codes=False, attn_lowest=False)).train()  # other graph branches
     src = model.save_pretrained(tmp_path / "src")
     out = tmp_path / "graphs"
     assert main(["export", str(src), "--out", str(out), "--opset", "17", "--verify", str(PHOTOS[0].parent),
@@ -209,7 +214,9 @@ def test_cli_export_out_and_opset(tmp_path, capsys):
                                                "parity_report.md"}
     assert read_metadata(out / "decoder.onnx")["opset"] == "17"
     paths = export_model(model, tmp_path / "mem")
+    assert model.training  # the caller's model is not switched to eval
     assert read_metadata(paths[0])["model_id"] == "small-random"
+    assert json.loads((out / "parity_report.json").read_text())["passed"]
 
 
 def test_cli_export_errors(tmp_path, capsys):
