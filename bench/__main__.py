@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     run("tuning", lambda: tuning.tuning(model_dir, cfg["tuning_batch"], size, cfg["tuning_max_s"], cfg["tuning_rounds"]))
 
     def serving_section() -> dict:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
         log = out_path.with_suffix(".serve.log")
         variants = [v | {"threads": cores() if v.get("threads") == "cores" else v.get("threads")}
                     for v in cfg["serve_variants"]]
