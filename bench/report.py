@@ -270,7 +270,7 @@ def render(res: dict) -> str:
               f"time). Uploads: a {serve['image_size']}² JPEG ({serve['upload_bytes'] / 1024:.0f} KiB) for encode and "
               "reconstruct, an .npy code grid for decode. Raw = `OnnxTokenizer` in the load generator's process, same "
               f"thread count ({serve['threads']}), at batch min(C, {serve['max_batch_size']}) = the batch the server "
-              "forms, timed right before the first cell that uses it.", "",
+              "forms, timed right before and right after each cell (mean of the two medians).", "",
               "| endpoint | C | req/s | raw img/s (batch) | served / raw | p50 ms | p95 ms | p99 ms | raw ms/batch | "
               "reply bytes | requests (errors) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in serve["rows"]:
