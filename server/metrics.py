@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 _DIR_ENV = "VQTOK_METRICS_DIR"
@@ -18,10 +19,21 @@ ENDPOINTS = ("/v1/encode", "/v1/decode", "/v1/reconstruct", "/v1/models", "/heal
 _metrics: SimpleNamespace | None = None
 
 
+def _remove_stale_dirs() -> None:
+    """Directories left by servers that were killed (SIGKILL skips atexit): their owner pid is gone."""
+    if not Path("/proc/self").exists():  # no cheap liveness check on this platform
+        return
+    for d in Path(tempfile.gettempdir()).glob("vqtok-metrics-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _metrics_dir() -> str:
     d = os.environ.get(_DIR_ENV)
     if not d or not os.path.isdir(d):
-        d = tempfile.mkdtemp(prefix="vqtok-metrics-")
+        _remove_stale_dirs()
+        d = tempfile.mkdtemp(prefix=f"vqtok-metrics-{os.getpid()}-")
         os.environ[_DIR_ENV] = d
         owner = os.getpid()
         atexit.register(lambda: os.getpid() == owner and shutil.rmtree(d, ignore_errors=True))

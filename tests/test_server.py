@@ -248,6 +248,20 @@ def test_metrics_count_requests_images_codes_and_batches(client):
     assert delta('vqtok_request_duration_seconds_count{endpoint="/v1/encode",model="tiny-b"}') == 4
 
 
+def test_metrics_dirs_of_killed_servers_are_removed(monkeypatch, tmp_path):
+    import os
+    import tempfile
+
+    from server import metrics
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, alive = tmp_path / "vqtok-metrics-999999999-abc", tmp_path / f"vqtok-metrics-{os.getpid()}-abc"
+    dead.mkdir()
+    alive.mkdir()
+    metrics._remove_stale_dirs()
+    assert not dead.exists() and alive.exists()
+
+
 def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     """Inside the worker: if one item of a batch makes ONNX Runtime fail, only that item gets an error."""
     from server.apis import EncodeAPI
