@@ -144,6 +144,14 @@ def findings(res: dict) -> list[str]:
                 out.append(f"Concurrency 1, {r['endpoint']}: p50 − raw is {base['p50_minus_raw_batch_ms']:+.1f} ms with the "
                            f"default {1e3 * srv.get('batch_timeout_s', 0.01):.0f} ms batching window and "
                            f"{r['p50_minus_raw_batch_ms']:+.1f} ms with \"{v['label']}\": {why}.")
+    hi = [r for r in srv.get("rows", []) if r["concurrency"] >= 8 and r.get("cpu_ms_per_request")]
+    if hi:
+        share = [(r["cpu_ms_per_request"]["server_http"] + r["cpu_ms_per_request"]["load_generator"]) /
+                 max(1e-9, sum(r["cpu_ms_per_request"].values())) for r in hi]
+        out.append(f"At concurrency ≥ 8 the HTTP front end and the load generator use {100 * min(share):.0f}–"
+                   f"{100 * max(share):.0f} % of the CPU time per request (the rest is the inference worker); on this "
+                   f"{(res.get('machine') or {}).get('cores', '?')}-core machine they share the cores with ONNX Runtime, "
+                   "so that share comes straight off the served/raw ratio.")
     by = {(r["endpoint"], r["concurrency"]): r for r in srv.get("rows", [])}
     for v in srv.get("variants", []):
         if "default threads" in v["label"]:
@@ -272,12 +280,16 @@ def render(res: dict) -> str:
               f"thread count ({serve['threads']}), at batch min(C, {serve['max_batch_size']}) = the batch the server "
               "forms, timed right before and right after each cell (mean of the two medians).", "",
               "| endpoint | C | req/s | raw img/s (batch) | served / raw | p50 ms | p95 ms | p99 ms | raw ms/batch | "
-              "reply bytes | requests (errors) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "reply bytes | requests (errors) | CPU ms / request: worker, HTTP, load generator |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in serve["rows"]:
+            cpu = r.get("cpu_ms_per_request") or {}
+            cpu_txt = (f"{cpu['inference_workers']:.0f}, {cpu['server_http']:.1f}, {cpu['load_generator']:.1f}"
+                       if cpu else "—")
             L.append(f"| {r['endpoint']} | {r['concurrency']} | {r['throughput_rps']:.2f} | "
                      f"{r['raw']['images_per_s']:.2f} ({r['raw']['batch']}) | {100 * r['served_over_raw']:.0f} % | "
                      f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['raw']['ms_per_batch']:.1f} | "
-                     f"{r['reply_bytes']:,} | {r['requests']} ({r['errors']}) |")
+                     f"{r['reply_bytes']:,} | {r['requests']} ({r['errors']}) | {cpu_txt} |")
         for v in serve.get("variants", []):
             L += ["", f"Variant **{v['label']}** (`{v['server_command']}`), same load generator and raw baselines:", "",
                   "| endpoint | C | req/s | served / raw | p50 ms | p95 ms | raw ms/batch | p50 − raw |",

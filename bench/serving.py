@@ -110,6 +110,20 @@ class Server:
                 "worker_peak_rss_mib": max((p["peak_rss_mib"] for p in workers), default=float("nan")),
                 "total_rss_mib": sum(p["rss_mib"] for p in procs)}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by the inference workers and by the other server processes
+        (HTTP front ends, manager)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = {"workers": 0.0, "http": 0.0}
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                worker = "onnxruntime" in Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            out["workers" if worker else "http"] += (int(fields[11]) + int(fields[12])) / tick
+        return out
+
     def stop(self, timeout: float = 40.0) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -228,7 +242,13 @@ def _cells(server: "Server", tok, image: np.ndarray, jpeg: bytes, codes: np.ndar
         # medians): background load that drifts during the cell hits both sides alike
         before = bench(fn, max_reps=10, max_s=raw_s, min_reps=2, warmup=0 if (graph, b) in raw_cache else 1)
         raw_cache[(graph, b)] = True
+        cpu0, own0 = server.cpu_seconds(), time.process_time()
         cell = load(server.url, endpoint, jpeg, codes, c, max_requests, seconds)
+        cpu1, own1 = server.cpu_seconds(), time.process_time()
+        n = max(1, cell["requests"] + cell["errors"] + min(c, 8))  # measured requests + the warm-up batch
+        cell["cpu_ms_per_request"] = {"inference_workers": 1e3 * (cpu1["workers"] - cpu0["workers"]) / n,
+                                      "server_http": 1e3 * (cpu1["http"] - cpu0["http"]) / n,
+                                      "load_generator": 1e3 * (own1 - own0) / n}
         after = bench(fn, max_reps=10, max_s=raw_s, min_reps=2, warmup=0)
         sec = (before.median + after.median) / 2
         raw = {"batch": b, "images_per_s": b / sec, "ms_per_batch": 1e3 * sec, "threads": raw_threads,
