@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import shlex
 import sys
 import time
 import traceback
@@ -25,7 +27,8 @@ from pathlib import Path
 from . import common
 from .common import DOC, REPO, RESULTS_DIR, cores, machine, now_utc, other_load, resolve_model
 
-FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_max_s=6.0, model_max_rounds=8,
+FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_max_s=8.0, model_max_rounds=8,
+            model_min_rounds=3,
             profile_batch=8, profile_runs=2, tuning_batch=8, tuning_max_s=20.0, tuning_rounds=3,
             concurrency=[1, 8, 32], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"],
             serve_s=5.0, serve_max_requests=240, raw_s=1.5, step_crop=128, step_batch=4, step_repeats=6,
@@ -35,6 +38,7 @@ FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_
                             {"label": "server default threads", "threads": None,
                              "cells": [["encode-npy", 1], ["encode-npy", 8]]}])
 SMOKE = dict(probe_n=128, size=64, batches=[1, 2], headline_batch=2, model_max_s=0.3, model_max_rounds=3,
+             model_min_rounds=2,
              profile_batch=2, profile_runs=1, tuning_batch=2, tuning_max_s=0.5, tuning_rounds=2,
              concurrency=[1, 2], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"], serve_s=0.5,
              serve_max_requests=6, raw_s=0.2, step_crop=32, step_batch=2, step_repeats=2, rss_steps=1,
@@ -92,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     validity |= wait_for_training(args.wait_training_until, args.training_pattern)
 
     t_start = time.time()
-    command = "nice -n 19 python -m bench" + ("" if argv is None and len(sys.argv) <= 1 else
-                                              " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "nice -n 19 python -m bench" + (" " + shlex.join(given) if given else "")
     res: dict = {"date_utc": now_utc(), "machine": machine(), "errors": {}, "notes": [],
                  "config": cfg | {"smoke": args.smoke, "device": args.device, "sections": sections,
                                   "out": str(out_path), "command": command, "machine_note": args.machine_note},
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if section not in sections:
             return
         check_load(section)
+        res.setdefault("load_avg_1min", {})[section] = round(os.getloadavg()[0], 2)
         t0 = time.time()
         print(f"[bench] {section} ...", flush=True)
         try:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     def model_section() -> dict:
         flops.update(model_speed.count_flops(model_dir, size))
         rows = model_speed.throughput(model_dir, cfg["batches"], size, flops, "cpu", cfg["model_max_s"],
-                                      cfg["model_max_rounds"])
+                                      cfg["model_max_rounds"], probe_n=cfg["probe_n"], min_rounds=cfg["model_min_rounds"])
         return {"flops": flops, "rows": rows, "graph_files": graph_files}
 
     run("model", model_section)

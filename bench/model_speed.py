@@ -8,6 +8,7 @@ codes, scaling, nearest-code search, clamp and rounding included) in torch eager
 through `export.runtime.OnnxTokenizer` with its default session settings. FLOPs are counted by
 `torch.utils.flop_counter.FlopCounterMode` on those modules (convolutions, matmuls, attention; 1 multiply-add = 2
 FLOP; element-wise ops such as GroupNorm and SiLU are not counted, so achieved GFLOP/s is conservative).
+On CPU the MatMul probe runs inside each cell's interleaved rounds, so "vs probe" compares like with like.
 """
 from __future__ import annotations
 
@@ -78,8 +79,11 @@ def _ort_fns(tok, x: dict[str, np.ndarray]) -> dict:
 
 def throughput(model_dir: Path, batches: list[int], size: int, flops: dict, device: str = "cpu",
                max_s: float = 8.0, max_rounds: int = 10, torch_eager: bool = True,
-               ort_threads: int | None = None) -> list[dict]:
-    """Rows {backend, graph, batch, images_per_s, achieved_gflops, ...}; torch and ORT interleaved per cell."""
+               ort_threads: int | None = None, probe_n: int | None = None, min_rounds: int = 2) -> list[dict]:
+    """Rows {backend, graph, batch, images_per_s, achieved_gflops, ...}; torch and ORT interleaved per cell.
+
+    With `probe_n` (CPU), the MatMul probes (ORT and torch, n×n fp32) run inside the same interleaved rounds as
+    each cell, and each row carries `probe_gflops`: the limit measured under the very load the row saw."""
     from export.runtime import OnnxTokenizer
 
     rows: list[dict] = []
@@ -95,6 +99,16 @@ def throughput(model_dir: Path, batches: list[int], size: int, flops: dict, devi
         backends["onnxruntime-cuda-fp16"] = OnnxTokenizer.from_dir(model_dir, device="cuda", precision="fp16")
     torch_run = _torch_runner(model_dir, device) if torch_eager else None
     meta = next(iter(backends.values())).metadata
+    probes: dict = {}
+    if probe_n and device == "cpu":
+        from .probe import ort_session
+
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((probe_n, probe_n), dtype=np.float32)
+        bm = rng.standard_normal((probe_n, probe_n), dtype=np.float32)
+        sess = ort_session(probe_n, cores())
+        ta, tb = torch.from_numpy(a), torch.from_numpy(bm)
+        probes = {"probe:onnxruntime": lambda: sess.run(None, {"A": a, "B": bm}), "probe:torch": lambda: torch.mm(ta, tb)}
     try:
         for batch in batches:
             x = _inputs(size, meta.factor, meta.codebook_size, batch)
@@ -102,12 +116,21 @@ def throughput(model_dir: Path, batches: list[int], size: int, flops: dict, devi
                 fns = {name: _ort_fns(tok, x)[graph] for name, tok in backends.items()}
                 if torch_run is not None:
                     fns[f"torch-eager-{device}-fp32"] = torch_run(graph, x[graph])
-                timings = interleaved(fns, max_rounds=max_rounds, max_s=max_s, min_rounds=2, warmup=1)
+                timings = interleaved(fns | probes, max_rounds=max_rounds, max_s=max_s, min_rounds=min_rounds,
+                                      warmup=1)
+                probe_gf = {k.split(":")[1]: 2.0 * probe_n**3 / timings[k].median / 1e9 for k in probes}
                 for name, t in timings.items():
+                    if name in probes:
+                        continue
                     ips = batch / t.median
-                    rows.append({"backend": name, "graph": graph, "batch": batch, "image_size": size,
-                                 "images_per_s": ips, "ms_per_batch": 1e3 * t.median,
-                                 "achieved_gflops": ips * flops[graph]["flop_per_image"] / 1e9, **t.as_dict()})
+                    row = {"backend": name, "graph": graph, "batch": batch, "image_size": size,
+                           "images_per_s": ips, "ms_per_batch": 1e3 * t.median,
+                           "achieved_gflops": ips * flops[graph]["flop_per_image"] / 1e9, **t.as_dict()}
+                    engine = "onnxruntime" if name.startswith("onnxruntime") else "torch"
+                    if engine in probe_gf:
+                        row["probe_gflops"] = probe_gf[engine]
+                        row["vs_probe"] = row["achieved_gflops"] / probe_gf[engine]
+                    rows.append(row)
     finally:
         if device == "cpu":
             torch.set_num_threads(old_threads)
