@@ -105,8 +105,12 @@ def bench(fn: Callable[[], object], *, max_reps: int = 20, max_s: float = 5.0, m
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, max_rounds: int = 20, max_s: float = 10.0,
-                min_rounds: int = 2, warmup: int = 1) -> dict[str, Timing]:
-    """Time several functions in alternating rounds (A B C, C B A, ...): same background load for each."""
+                min_rounds: int = 2, warmup: int = 1, settle_s: float = 0.05) -> dict[str, Timing]:
+    """Time several functions in alternating rounds (A B C, C B A, ...): same background load for each.
+
+    `settle_s` (untimed) before each call lets the previous engine's worker threads stop spinning (torch's OpenMP
+    pool and every ONNX Runtime session pool spin-wait after a run; on a 2-core machine they would steal the next
+    engine's cores)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -115,6 +119,8 @@ def interleaved(fns: dict[str, Callable[[], object]], *, max_rounds: int = 20, m
     start, r = time.perf_counter(), 0
     while r < max_rounds and (r < min_rounds or time.perf_counter() - start < max_s):
         for n in names if r % 2 == 0 else names[::-1]:
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             fns[n]()
             out[n].times.append(time.perf_counter() - t0)
