@@ -33,9 +33,9 @@ FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_
             concurrency=[1, 8, 32], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"],
             serve_s=5.0, serve_max_requests=240, raw_s=1.5, step_crop=128, step_batch=4, step_repeats=6,
             rss_steps=3, rss_overrides=[], pipeline_images=48, pipeline_batch=8,
-            serve_variants=[{"label": "batch window 2 ms", "batch_timeout": 0.002, "threads": "cores",
+            serve_variants=[{"label": "batch window 10 ms", "batch_timeout": 0.01, "threads": "cores",
                              "cells": [["encode-npy", 1], ["decode", 1], ["encode-npy", 8]]},
-                            {"label": "server default threads", "threads": None,
+                            {"label": "1 thread per worker (cores split across the 3 endpoints)", "threads": 1,
                              "cells": [["encode-npy", 1], ["encode-npy", 8]]}])
 SMOKE = dict(probe_n=128, size=64, batches=[1, 2], headline_batch=2, model_max_s=0.3, model_max_rounds=3,
              model_min_rounds=2,

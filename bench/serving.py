@@ -290,7 +290,7 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
                       threads, seconds, max_requests, max_batch_size, raw_s)
         mem = server.memory()
     out = {"model_dir": str(model_dir), "threads": threads, "max_batch_size": max_batch_size,
-           "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.01, "device": device,
+           "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.002, "device": device,
            "server_command": " ".join(server.args[1:]), "startup_s": startup_s, "image_size": size,
            "upload_bytes": len(jpeg), "rows": rows, "memory": mem, "variants": []}
     for v in variants or []:

@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cuda: CUDA execution provider on every visible GPU (refuses to start without it)")
     p.add_argument("--workers", type=int, default=1, help="inference workers per device and endpoint (default 1)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per worker "
-                   "(default: cores / all workers, so they never oversubscribe the CPU)")
+                   "(default: cores / workers per endpoint)")
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
-    p.add_argument("--batch-timeout", type=float, default=0.01, help="seconds a batch waits to fill (default 0.01)")
+    p.add_argument("--batch-timeout", type=float, default=0.002, help="seconds a batch waits to fill (default 0.002)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixel limit per image (default 4096²)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
     p.add_argument("--api-key", help="require this key (X-API-Key or Bearer) on every route but /health "
