@@ -184,3 +184,19 @@ def resolve_model(spec: str | None) -> tuple[Path, str]:
     if shipped is not None:
         return shipped, "shipped default"
     return random_default_model(), "random-init default config (shipped weights not present)"
+
+
+def session_options(level: str = "all", threads: int | None = None, spinning: bool = True):
+    """ONNX Runtime session options for the benchmark's own sessions (optimisation level, threads, spinning)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so

@@ -18,20 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import resolve_model
+from .common import resolve_model, session_options
 
 
 def profile_graph(path: Path, feed: dict[str, np.ndarray], runs: int = 3, threads: int | None = None,
                   level: str = "all") -> dict:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
+    so = session_options(level, threads)
     with tempfile.TemporaryDirectory() as tmp:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "prof")

@@ -14,21 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import cores, interleaved, resolve_model
+from .common import cores, interleaved, resolve_model, session_options
 
 
 def _sessions(enc: Path, dec: Path, level: str = "all", threads: int | None = None, spinning: bool = True):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so = session_options(level, threads, spinning)
     p = ["CPUExecutionProvider"]
     return ort.InferenceSession(str(enc), so, providers=p), ort.InferenceSession(str(dec), so, providers=p)
 

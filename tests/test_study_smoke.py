@@ -1,4 +1,4 @@
-"""bench.rotation_vs_ste --smoke on the fixture photos: matched pairs, summary, report files (never ../shared)."""
+"""bench.rotation_vs_ste --smoke on the committed fixture photos: matched pairs, summary, report files."""
 from __future__ import annotations
 
 import json
