@@ -9,6 +9,7 @@ Imports numpy, Pillow and onnxruntime only (never torch).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,8 @@ class OnnxTokenizer:
     """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_dir`."""
 
     def __init__(self, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu",
-                 threads: int | None = None, max_batch: int | None = None):
+                 threads: int | None = None, max_batch: int | None = None,
+                 session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -104,8 +106,15 @@ class OnnxTokenizer:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
-                     else ["CPUExecutionProvider"])
+        # e.g. {"session.intra_op.allow_spinning": "0"} when other work shares the cores (ORT's config keys)
+        for key, value in (session_config or {}).items():
+            so.add_session_config_entry(key, str(value))
+        providers: list = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* pip packages, when those are installed
+                ort.preload_dlls()
+            opts = {**_env_cuda_options(), **(cuda_options or {})}
+            providers = [("CUDAExecutionProvider", {k: str(v) for k, v in opts.items()}), "CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(encoder_path), so, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder_path), so, providers=providers)
         if device == "cuda":
@@ -124,13 +133,16 @@ class OnnxTokenizer:
 
     @classmethod
     def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
-                 precision: str = "fp32", optimized: bool | None = None,
-                 max_batch: int | None = None) -> "OnnxTokenizer":
+                 precision: str = "fp32", optimized: bool | None = None, max_batch: int | None = None,
+                 session_config: dict[str, str] | None = None,
+                 cuda_options: dict[str, str] | None = None) -> "OnnxTokenizer":
         """Load `encoder.onnx` / `decoder.onnx` from a model folder or shipped id.
 
         precision "fp16" loads the half-precision pair (for GPUs). `optimized` picks the ORT offline-optimised CPU
         copies (`*.cpu-opt.onnx`); None uses them when present on CPU at fp32. `threads` sets intra-op threads
-        (default: ORT's choice; `VQTOK_ORT_THREADS` overrides).
+        (default: ORT's choice; `VQTOK_ORT_THREADS` overrides). `session_config` adds ORT session config entries;
+        `cuda_options` are CUDAExecutionProvider options (e.g. {"prefer_nhwc": "1"}), on top of the JSON object in
+        `VQTOK_ORT_CUDA_OPTIONS`.
         """
         d = resolve_model_dir(path_or_id)
         if precision not in _NAMES:
@@ -149,7 +161,8 @@ class OnnxTokenizer:
             flag = " --fp16" if precision == "fp16" else ""
             raise FileNotFoundError(f"{d} has no {', '.join(missing)}; run `vqtok export {d}{flag}` first")
         threads = threads or int(os.environ.get("VQTOK_ORT_THREADS", "0")) or None
-        return cls(d / names[0], d / names[1], device=device, threads=threads, max_batch=max_batch)
+        return cls(d / names[0], d / names[1], device=device, threads=threads, max_batch=max_batch,
+                   session_config=session_config, cuda_options=cuda_options)
 
     # convenience views of the metadata
     @property
@@ -217,6 +230,20 @@ class OnnxTokenizer:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
                 f"device={self.device!r})")
+
+
+def _env_cuda_options() -> dict[str, str]:
+    """CUDAExecutionProvider options from `VQTOK_ORT_CUDA_OPTIONS` (a JSON object), e.g. '{"prefer_nhwc": "1"}'."""
+    raw = os.environ.get("VQTOK_ORT_CUDA_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        opts = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"VQTOK_ORT_CUDA_OPTIONS must be a JSON object of CUDA provider options: {err}") from None
+    if not isinstance(opts, dict):
+        raise ValueError('VQTOK_ORT_CUDA_OPTIONS must be a JSON object, e.g. {"prefer_nhwc": "1"}')
+    return {str(k): str(v) for k, v in opts.items()}
 
 
 def _as_list(images) -> list:

@@ -138,3 +138,21 @@ def test_cuda_request_fails_loudly_without_gpu():
     else:  # a machine with a working GPU: the provider must really be active
         assert tok.encoder.get_providers()[0] == "CUDAExecutionProvider"
         assert "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_session_config_reaches_ort_and_keeps_results(tok):
+    x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
+    quiet = OnnxTokenizer.from_dir(TINY, threads=1, session_config={"session.intra_op.allow_spinning": "0"})
+    assert quiet.encoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_array_equal(quiet.encode_array(x), tok.encode_array(x))
+
+
+@pytest.mark.parametrize("raw, match", [("{bad", "JSON object of CUDA provider options"), ("[1]", "JSON object")])
+def test_cuda_options_env_is_checked(monkeypatch, raw, match):
+    from export.runtime import _env_cuda_options
+
+    monkeypatch.setenv("VQTOK_ORT_CUDA_OPTIONS", raw)
+    with pytest.raises(ValueError, match=match):
+        _env_cuda_options()
+    monkeypatch.setenv("VQTOK_ORT_CUDA_OPTIONS", '{"prefer_nhwc": 1, "device_id": "0"}')
+    assert _env_cuda_options() == {"prefer_nhwc": "1", "device_id": "0"}
