@@ -198,22 +198,18 @@ def main(argv: list[str] | None = None) -> int:
             return {"skipped": "CPU run (no --device cuda)"}
         import onnxruntime as ort
 
+        from . import gpu
+
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return {"skipped": "onnxruntime has no CUDAExecutionProvider"}
         try:
             OnnxTokenizer.from_dir(model_dir, device="cuda")
         except Exception as err:  # no GPU / driver: ORT refuses CUDA (the runtime checks it really activated)
             return {"skipped": f"no usable CUDA device ({type(err).__name__}: {str(err)[:160]})"}
-        fl = flops or model_speed.count_flops(model_dir, size)
-        batches = sorted(set(cfg["batches"]) | ({2} if args.smoke else {128}))
-        rows = model_speed.throughput(model_dir, batches, size, fl, "cuda", cfg["model_max_s"], cfg["model_max_rounds"])
-        out = {"rows": rows}
-        try:
-            out["serving"] = serving.serving(model_dir, cfg["concurrency"], ["encode-npy", "decode"], cfg["serve_s"],
-                                             cfg["serve_max_requests"], device="cuda", raw_s=cfg["raw_s"])
-        except Exception as err:
-            out["serving"] = {"skipped": f"{type(err).__name__}: {err}"}
-        return out
+        if args.smoke:
+            return gpu.run(model_dir, size=size, batches=[1, 2], max_s=0.3, serve_s=0.5, concurrency=[1, 2],
+                           flops=flops or None)
+        return gpu.run(model_dir, size=size, flops=flops or None)
 
     if "gpu" in sections:
         run("gpu", gpu_section)

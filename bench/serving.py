@@ -42,7 +42,7 @@ class Server:
     """`python -m vqtok serve` on 127.0.0.1:<free port> in its own session; `stop()` kills the whole session."""
 
     def __init__(self, model_dir: Path, threads: int | None, max_batch_size: int = 8, batch_timeout: float | None = None,
-                 device: str = "cpu", log: Path | None = None) -> None:
+                 device: str = "cpu", log: Path | None = None, extra_args: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "vqtok", "serve", "--models-dir", str(model_dir.parent), "--model",
@@ -52,6 +52,7 @@ class Server:
             args += ["--threads", str(threads)]
         if batch_timeout is not None:
             args += ["--batch-timeout", str(batch_timeout)]
+        args += extra_args or []
         self.args = args
         env = {k: v for k, v in os.environ.items() if k not in ("VQTOK_API_KEY", "VQTOK_METRICS_DIR")}
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -210,16 +211,42 @@ async def _load(url: str, path: str, kw: dict, concurrency: int, max_requests: i
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - start
+    return _summary(lat, errors, wall, sizes)
+
+
+def _summary(lat: list[float], errors: int, wall: float, sizes: list[int]) -> dict:
     return {"requests": len(lat), "errors": errors, "wall_s": wall, "throughput_rps": len(lat) / wall,
             "p50_ms": 1e3 * percentile(lat, 50), "p95_ms": 1e3 * percentile(lat, 95),
             "p99_ms": 1e3 * percentile(lat, 99), "mean_ms": 1e3 * float(np.mean(lat)) if lat else float("nan"),
-            "reply_bytes": int(np.median(sizes)) if sizes else 0}
+            "reply_bytes": int(np.median(sizes)) if sizes else 0, "_lat": lat, "_sizes": sizes}
+
+
+def _load_proc(args: tuple) -> dict:
+    url, path, kw, concurrency, max_requests, max_s = args
+    return asyncio.run(_load(url, path, kw, concurrency, max_requests, max_s, warmup=min(concurrency, 8)))
 
 
 def load(url: str, endpoint: str, jpeg: bytes, codes: np.ndarray, concurrency: int, max_requests: int = 400,
-         max_s: float = 6.0) -> dict:
+         max_s: float = 6.0, procs: int = 1) -> dict:
+    """C client coroutines; with `procs` > 1 they are spread over that many processes (one Python client tops out
+    at a few hundred requests/s, which a GPU server outruns), and the counts and latencies are pooled."""
     path, kw = requests_for(endpoint, jpeg, codes)
-    return asyncio.run(_load(url, path, kw, concurrency, max_requests, max_s, warmup=min(concurrency, 8)))
+    procs = max(1, min(procs, concurrency))
+    if procs == 1:
+        out = _load_proc((url, path, kw, concurrency, max_requests, max_s))
+    else:
+        import multiprocessing as mp
+
+        shares = [concurrency // procs + (i < concurrency % procs) for i in range(procs)]
+        jobs = [(url, path, kw, c, max(1, max_requests * c // concurrency), max_s) for c in shares]
+        with mp.get_context("spawn").Pool(procs) as pool:
+            parts = pool.map(_load_proc, jobs)
+        lat = [x for p in parts for x in p["_lat"]]
+        out = _summary(lat, sum(p["errors"] for p in parts), max(p["wall_s"] for p in parts),
+                       [x for p in parts for x in p["_sizes"]])
+        out["client_processes"] = procs
+    out.pop("_lat"), out.pop("_sizes")
+    return out
 
 
 def raw_fns(tok, image: np.ndarray, codes: np.ndarray, batch: int) -> dict:
@@ -232,7 +259,7 @@ def raw_fns(tok, image: np.ndarray, codes: np.ndarray, batch: int) -> dict:
 
 def _cells(server: "Server", tok, image: np.ndarray, jpeg: bytes, codes: np.ndarray, cells: list[tuple[str, int]],
            raw_cache: dict, raw_threads: int, seconds: float, max_requests: int, max_batch_size: int, raw_s: float,
-           label: str = "") -> list[dict]:
+           label: str = "", client_procs: int = 1) -> list[dict]:
     rows = []
     for endpoint, c in cells:
         graph = endpoint.split("-")[0]
@@ -243,12 +270,12 @@ def _cells(server: "Server", tok, image: np.ndarray, jpeg: bytes, codes: np.ndar
         before = bench(fn, max_reps=10, max_s=raw_s, min_reps=2, warmup=0 if (graph, b) in raw_cache else 1)
         raw_cache[(graph, b)] = True
         cpu0, own0 = server.cpu_seconds(), time.process_time()
-        cell = load(server.url, endpoint, jpeg, codes, c, max_requests, seconds)
+        cell = load(server.url, endpoint, jpeg, codes, c, max_requests, seconds, procs=client_procs)
         cpu1, own1 = server.cpu_seconds(), time.process_time()
         n = max(1, cell["requests"] + cell["errors"] + min(c, 8))  # measured requests + the warm-up batch
         cell["cpu_ms_per_request"] = {"inference_workers": 1e3 * (cpu1["workers"] - cpu0["workers"]) / n,
                                       "server_http": 1e3 * (cpu1["http"] - cpu0["http"]) / n,
-                                      "load_generator": 1e3 * (own1 - own0) / n}
+                                      "load_generator": 1e3 * (own1 - own0) / n if client_procs == 1 else None}
         after = bench(fn, max_reps=10, max_s=raw_s, min_reps=2, warmup=0)
         sec = (before.median + after.median) / 2
         raw = {"batch": b, "images_per_s": b / sec, "ms_per_batch": 1e3 * sec, "threads": raw_threads,
@@ -270,9 +297,11 @@ def _cells(server: "Server", tok, image: np.ndarray, jpeg: bytes, codes: np.ndar
 def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], seconds: float = 6.0,
             max_requests: int = 400, threads: int | None = None, max_batch_size: int = 8,
             batch_timeout: float | None = None, device: str = "cpu", log: Path | None = None,
-            raw_s: float = 3.0, variants: list[dict] | None = None) -> dict:
+            raw_s: float = 3.0, variants: list[dict] | None = None, client_procs: int = 1,
+            server_threads: int | None = None) -> dict:
     """The main grid (every endpoint × concurrency) on one server, then optional `variants`: other server settings
-    ({"label", "threads" (None: the server's default), "batch_timeout", "cells": [(endpoint, C), ...]}) measured
+    ({"label", "threads" (None: the server's default), "batch_timeout", "args": [extra `vqtok serve` flags],
+    "cells": [(endpoint, C), ...]}) measured
     the same way, for the "why" behind a number (e.g. the batching window at concurrency 1)."""
     from export.runtime import OnnxTokenizer
 
@@ -283,21 +312,24 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
     codes = tok.encode_array(image[None])[0]
     raw_cache: dict[tuple[str, int], bool] = {}  # (graph, batch) already warm
     t_start = time.perf_counter()
-    server = Server(model_dir, threads, max_batch_size, batch_timeout, device, log)
+    # the server's own default on GPUs (its CPU threads only run the few CPU-placed nodes)
+    srv_threads = server_threads if server_threads is not None else (None if device == "cuda" else threads)
+    server = Server(model_dir, srv_threads, max_batch_size, batch_timeout, device, log)
     with server:
         startup_s = time.perf_counter() - t_start
         rows = _cells(server, tok, image, jpeg, codes, [(e, c) for e in endpoints for c in concurrency], raw_cache,
-                      threads, seconds, max_requests, max_batch_size, raw_s)
+                      threads, seconds, max_requests, max_batch_size, raw_s, client_procs=client_procs)
         mem = server.memory()
     out = {"model_dir": str(model_dir), "threads": threads, "max_batch_size": max_batch_size,
            "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.002, "device": device,
            "server_command": " ".join(server.args[1:]), "startup_s": startup_s, "image_size": size,
            "upload_bytes": len(jpeg), "rows": rows, "memory": mem, "variants": []}
     for v in variants or []:
-        vs = Server(model_dir, v.get("threads"), max_batch_size, v.get("batch_timeout"), device, log)
+        vs = Server(model_dir, v.get("threads"), max_batch_size, v.get("batch_timeout"), device, log,
+                    extra_args=v.get("args"))
         with vs:
             vrows = _cells(vs, tok, image, jpeg, codes, [tuple(c) for c in v["cells"]], raw_cache, threads, seconds,
-                           max_requests, max_batch_size, raw_s, label=v["label"])
+                           max_requests, max_batch_size, raw_s, label=v["label"], client_procs=client_procs)
         out["variants"].append({"label": v["label"], "server_command": " ".join(vs.args[1:]), "rows": vrows})
     return out
 

@@ -24,6 +24,12 @@ _NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx"
 _OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
 
 
+# cuDNN's exhaustive algorithm search runs once per new input shape and took ~0.5 s per request on an H200 under
+# dynamic batching (every batch size is a new shape); the heuristic choice has no such first-call cost.
+# Fixed-shape batch jobs can ask for {"cudnn_conv_algo_search": "EXHAUSTIVE"}.
+_CUDA_DEFAULTS = {"cudnn_conv_algo_search": "HEURISTIC"}
+
+
 class InvalidCodes(ValueError):
     """Codes a model cannot decode: not integers, out of [0, K), wrong shape, or too large."""
 
@@ -113,7 +119,7 @@ class OnnxTokenizer:
         if device == "cuda":
             if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* pip packages, when those are installed
                 ort.preload_dlls()
-            opts = {**_env_cuda_options(), **(cuda_options or {})}
+            opts = {**_CUDA_DEFAULTS, **_env_cuda_options(), **(cuda_options or {})}
             providers = [("CUDAExecutionProvider", {k: str(v) for k, v in opts.items()}), "CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(encoder_path), so, providers=providers)
         self.decoder = ort.InferenceSession(str(decoder_path), so, providers=providers)

@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,10 @@ API_KEY_ENV = "VQTOK_API_KEY"
 @dataclass
 class Settings:
     device: str = "cpu"  # "cpu" or "cuda" (every visible GPU, one worker set each)
-    workers: int = 1  # inference workers per device, for each of the three endpoints
+    # inference workers per device, for each of the three endpoints (None: 1 on CPU, 4 per GPU: on an H200 one
+    # worker's Python/IPC work per request capped it at ~110-140 req/s while the model ran ~3,000 img/s; 4 workers
+    # behind 4 HTTP processes gave 300-320, the best of the layouts measured — docs/BENCHMARKS.md, GPU)
+    workers: int | None = None
     max_batch_size: int = 8
     batch_timeout: float = 0.002  # seconds a batch waits to fill (bench: 10 ms cost p50 at c=1 more than it gained)
     max_pixels: int = 4096 * 4096  # decoded source images and decoded outputs
@@ -64,6 +68,11 @@ def visible_gpus() -> int:
     return check_cuda_with_nvidia_smi()
 
 
+def default_workers(device: str) -> int:
+    """Inference workers per device and endpoint when `--workers` is not given (see `Settings.workers`)."""
+    return 4 if device == "cuda" else 1
+
+
 def threads_per_worker(settings: Settings, devices: int) -> int:
     """Intra-op threads so that the workers of one endpoint together use the cores once.
 
@@ -73,6 +82,8 @@ def threads_per_worker(settings: Settings, devices: int) -> int:
     """
     if settings.threads:
         return settings.threads
+    if settings.device == "cuda":  # the GPU does the math; more CPU threads would only spin beside the HTTP processes
+        return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // (settings.workers * devices))
 
@@ -102,6 +113,8 @@ class VqtokServer(ls.LitServer):
             devices = _check_cuda()
         if Image.MAX_IMAGE_PIXELS is None:  # keep Pillow's decompression-bomb guard on
             Image.MAX_IMAGE_PIXELS = 89_478_485
+        if settings.workers is None:
+            settings = dataclasses.replace(settings, workers=default_workers(settings.device))
         self.registry, self.settings = registry, settings
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
         threads = threads_per_worker(settings, devices)

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=int(os.environ.get("VQTOK_PORT", "8000")), help="default 8000")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: CUDA execution provider on every visible GPU (refuses to start without it)")
-    p.add_argument("--workers", type=int, default=1, help="inference workers per device and endpoint (default 1)")
+    p.add_argument("--workers", type=int, help="inference workers per device and endpoint (default 1 on CPU, 4 per GPU)")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per worker "
                    "(default: cores / workers per endpoint)")
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.pop("VQTOK_METRICS_DIR", None)  # a fresh metrics directory for this server
     for name, value in (("--workers", args.workers), ("--max-batch-size", args.max_batch_size),
                         ("--max-pixels", args.max_pixels)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if args.batch_timeout < 0 or args.max_body_mb <= 0:
         raise ValueError("--batch-timeout must be ≥ 0 and --max-body-mb > 0")
