@@ -11,6 +11,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+# BatchNormalization computes x·γ/√(var + ε) + β − mean·γ/√(var + ε); with mean 0 and var + ε = 1 exactly in fp32
+# that is x·γ + β. ε is cuDNN's smallest (1e-5: ORT's CUDA kernel raises a smaller ε to it, with a warning per node),
+# var is 1 − ε rounded to fp32, whose fp32 sum with ε is exactly 1 (asserted below; in double it is 1 within 1.4e-8,
+# under half an fp32 ulp, so a kernel that adds in double rounds to the same 1).
+_BN_EPS = np.float32(1e-5)
+_BN_VAR = np.float32(1) - _BN_EPS
+assert _BN_VAR + _BN_EPS == np.float32(1)
+
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     out: dict[str, list[onnx.NodeProto]] = {}
@@ -31,12 +39,12 @@ def _channel_vector(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray
 
 
 def fuse_group_norm_affine(proto: onnx.ModelProto) -> int:
-    """Replace GroupNorm's affine `Mul(γ) → Add(β)` by one BatchNormalization (mean 0, variance 1, epsilon 0).
+    """Replace GroupNorm's affine `Mul(γ) → Add(β)` by one BatchNormalization (mean 0, var + ε = 1).
 
     torch's exporter lowers GroupNorm to Reshape → InstanceNormalization (unit scale, per group) → Reshape → Mul(γ) →
-    Add(β); Mul and Add each read and write the whole activation. BatchNormalization with scale γ, bias β, mean 0,
-    variance 1 and epsilon 0 is the same x·γ + β (ORT's kernel: x·γ/√(1+0) + (β − 0·γ), and √1 = 1 exactly) in one
-    pass. The statistics stay in InstanceNormalization (two-pass mean and variance: no E[x²] − E[x]² cancellation).
+    Add(β); Mul and Add each read and write the whole activation. BatchNormalization with scale γ, bias β, mean 0 and
+    var + ε = 1 (see _BN_EPS) is the same x·γ + β in one pass. The statistics stay in InstanceNormalization (two-pass
+    mean and variance: no E[x²] − E[x]² cancellation).
     Edits `proto` in place; returns the number of GroupNorms rewritten.
     """
     graph = proto.graph
@@ -62,13 +70,14 @@ def fuse_group_norm_affine(proto: onnx.ModelProto) -> int:
             continue
         prefix = f"{add.output[0]}_affine"
         c = gamma.size
-        new_inits += [numpy_helper.from_array(gamma, f"{prefix}_scale"), numpy_helper.from_array(beta, f"{prefix}_bias"),
+        new_inits += [numpy_helper.from_array(gamma, f"{prefix}_scale"),
+                      numpy_helper.from_array(beta, f"{prefix}_bias"),
                       numpy_helper.from_array(np.zeros(c, np.float32), f"{prefix}_mean"),
-                      numpy_helper.from_array(np.ones(c, np.float32), f"{prefix}_var")]
+                      numpy_helper.from_array(np.full(c, _BN_VAR, np.float32), f"{prefix}_var")]
         replaced[id(mul)] = None
         replaced[id(add)] = helper.make_node(
             "BatchNormalization", [reshape.output[0]] + [f"{prefix}_{k}" for k in ("scale", "bias", "mean", "var")],
-            [add.output[0]], name=f"{prefix}_bn", epsilon=0.0)
+            [add.output[0]], name=f"{prefix}_bn", epsilon=float(_BN_EPS))
     if not replaced:
         return 0
     nodes = [replaced.get(id(n), n) for n in graph.node]
