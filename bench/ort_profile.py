@@ -5,7 +5,8 @@
 Runs each graph a few times with ORT's profiler on (same session options as `export.runtime.OnnxTokenizer`) and
 sums kernel time by op type. With the counted Conv/MatMul FLOPs this gives the GFLOP/s of the convolutions alone,
 which separates "the convolutions are slow" from "the time goes to memory-bound ops between them" (GroupNorm as
-InstanceNormalization + Mul + Add, SiLU as Sigmoid + Mul, layout reorders).
+InstanceNormalization + BatchNormalization for γ and β since `export.graph_rewrite`, SiLU as QuickGelu,
+layout reorders).
 """
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
 """ONNX Runtime CPU session variants for the same graphs, interleaved: what each knob is worth on this machine.
 
-    python -m bench.tuning [--model DIR|ID] [--batch 8] [--size 256]
+    python -m bench.tuning [--model DIR|ID] [--batch 8] [--size 256] [--compare NAME=DIR ...]
 
 Variants: the runtime's default (`OnnxTokenizer.from_dir`), graph optimisation level BASIC / EXTENDED / ALL,
 intra-op threads (1 vs all cores), thread spinning off, and the offline-optimised `*.cpu-opt.onnx` copy when the
 model folder has one. Each variant is its own pair of sessions; one round runs encode and decode of every variant.
+`--compare NAME=DIR` adds the graphs of another folder (its `*.cpu-opt.onnx` copies when present, else the plain
+graphs; ALL, threads = cores) as a variant: an interleaved A/B of two exports of the same model, e.g. the graphs of
+an earlier commit extracted with `git show`.
 """
 from __future__ import annotations
 
@@ -25,7 +28,13 @@ def _sessions(enc: Path, dec: Path, level: str = "all", threads: int | None = No
     return ort.InferenceSession(str(enc), so, providers=p), ort.InferenceSession(str(dec), so, providers=p)
 
 
-def variants(model_dir: Path) -> dict[str, tuple]:
+def _graph_pair(d: Path) -> tuple[Path, Path]:
+    """A folder's CPU graphs: the ORT-optimised copies when it has both, else the plain ones."""
+    opt = d / "encoder.cpu-opt.onnx", d / "decoder.cpu-opt.onnx"
+    return opt if all(p.is_file() for p in opt) else (d / "encoder.onnx", d / "decoder.onnx")
+
+
+def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[str, tuple]:
     from export.runtime import OnnxTokenizer
 
     tok = OnnxTokenizer.from_dir(model_dir)
@@ -41,17 +50,20 @@ def variants(model_dir: Path) -> dict[str, tuple]:
     opt_e, opt_d = model_dir / "encoder.cpu-opt.onnx", model_dir / "decoder.cpu-opt.onnx"
     if opt_e.is_file() and opt_d.is_file():
         out["cpu-opt copy, ALL"] = _sessions(opt_e, opt_d, "all", n)
+    for name, d in (compare or {}).items():
+        out[name] = _sessions(*_graph_pair(Path(d)), "all", n)
     return out
 
 
-def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0, max_rounds: int = 4) -> dict:
+def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0, max_rounds: int = 4,
+           compare: dict[str, Path] | None = None) -> dict:
     from export.runtime import OnnxTokenizer
 
     meta = OnnxTokenizer.from_dir(model_dir).metadata
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     codes = rng.integers(0, meta.codebook_size, (batch, size // meta.factor, size // meta.factor), dtype=np.int32)
-    sess = variants(model_dir)
+    sess = variants(model_dir, compare)
     fns = {}
     for name, (e, d) in sess.items():
         fns[(name, "encode")] = (lambda e=e: e.run(None, {"images": images}))
@@ -71,9 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--max-s", type=float, default=30.0)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                    help="also time the graphs in DIR as variant NAME (repeatable)")
     args = ap.parse_args(argv)
     d, _ = resolve_model(args.model)
-    out = tuning(d, args.batch, args.size, args.max_s)
+    compare = dict(c.split("=", 1) for c in args.compare)
+    out = tuning(d, args.batch, args.size, args.max_s, args.rounds, {k: Path(v) for k, v in compare.items()})
     for r in out["rows"]:
         print(f"{r['variant']:28s} encode {r['encode_ips']:7.2f} img/s   decode {r['decode_ips']:7.2f} img/s  ({r['runs']} runs)")
     return out

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from export.graph_rewrite import fuse_group_norm_affine
 from tokenizer.model import AttnBlock, Tokenizer
 
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
@@ -162,6 +163,8 @@ def _rename_dims(proto: onnx.ModelProto, names: dict[str, list[str]]) -> None:
 
 def _export_one(module: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str,
                 dims: dict[str, list[str]], meta: dict[str, str], opset: int, factor: int, max_side: int) -> None:
+    """Export one graph; fp32 graphs also get the CPU rewrites of `export.graph_rewrite` (fp16 graphs are for the
+    CUDA provider, where those rewrites have not been measured)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     h = torch.export.Dim("h", min=1, max=max_side // factor)
     w = torch.export.Dim("w", min=1, max=max_side // factor)
@@ -177,6 +180,8 @@ def _export_one(module: nn.Module, example: torch.Tensor, path: Path, in_name: s
         del node.metadata_props[:]
         node.doc_string = ""
     _rename_dims(proto, dims)
+    if meta["precision"] == "fp32":
+        fuse_group_norm_affine(proto)
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))

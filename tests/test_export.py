@@ -149,6 +149,42 @@ def test_fp16_keeps_search_and_norms_in_fp32(exported):
     assert f16 in by_op["Conv"]
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # the torch exporter's own deprecation notices
+def test_fp32_group_norm_affine_is_one_batch_norm(exported):
+    """fp32 graphs: GroupNorm's γ/β is one BatchNormalization (mean 0, var + eps = 1) after InstanceNormalization, not
+    Mul + Add; and the rewrite leaves ONNX Runtime's output as it was (same graph with and without it; x·γ + β in
+    one kernel or two may round differently, never by more than one grey level)."""
+    import onnxruntime as ort
+
+    from export.graph_rewrite import fuse_group_norm_affine
+
+    _, out = exported
+    proto = onnx.load(str(out / "decoder.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("BatchNormalization") == ops.count("InstanceNormalization") > 0
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in (n for n in proto.graph.node if n.op_type == "BatchNormalization"):
+        eps = np.float32(onnx.helper.get_attribute_value(next(a for a in node.attribute if a.name == "epsilon")))
+        assert eps >= np.float32(1e-5)  # cuDNN's minimum: ORT's CUDA kernel would change a smaller one
+        assert (inits[node.input[3]] == 0).all() and (inits[node.input[4]] + eps == np.float32(1)).all()
+    assert fuse_group_norm_affine(proto) == 0  # nothing left to rewrite
+
+    model = Tokenizer(small_config(model_id="")).eval()  # unrewritten graph: the torch exporter's own lowering
+    torch.manual_seed(4)
+    for p in model.parameters():  # non-trivial γ and β
+        p.data.add_(0.1 * torch.randn_like(p))
+    from export.onnx import DecoderGraph
+
+    codes = torch.randint(0, 64, (2, 6, 5), dtype=torch.int32)
+    plain = torch.onnx.export(DecoderGraph(model).eval(), (codes,), dynamo=True, input_names=["codes"]).model_proto
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(plain)
+    assert fuse_group_norm_affine(rewritten) == sum(isinstance(m, torch.nn.GroupNorm) for m in model.decoder.modules())
+    run = lambda p: ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"codes": codes.numpy()})[0]
+    assert np.abs(run(plain).astype(int) - run(rewritten).astype(int)).max() <= 1
+
+
 def test_verify_report_on_fixture_photos(exported):
     """All parity checks on the committed photos (S² and a non-square size), with fp16, reports written."""
     from export.onnx import verify
