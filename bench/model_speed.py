@@ -6,8 +6,8 @@ in PyTorch eager and ONNX Runtime, at several batch sizes.
 Both backends run the same computation: `export.onnx.EncoderGraph` / `DecoderGraph` (uint8 NHWC images ⇄ int32
 codes, scaling, nearest-code search, clamp and rounding included) in torch eager, and the exported ONNX graphs
 through `export.runtime.OnnxTokenizer` with its default session settings. FLOPs are counted by
-`torch.utils.flop_counter.FlopCounterMode` on those modules (convolutions, matmuls, attention; 1 multiply-add = 2
-FLOP; element-wise ops such as GroupNorm and SiLU are not counted, so achieved GFLOP/s is conservative).
+`torch.utils.flop_counter.FlopCounterMode` on those modules (convolutions, matmuls, and attention through the math
+SDPA backend; 1 multiply-add = 2 FLOP; element-wise ops such as GroupNorm and SiLU are not counted, so achieved GFLOP/s is conservative).
 On CPU the MatMul probe runs inside each cell's interleaved rounds, so "vs probe" compares like with like.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .common import cores, interleaved, resolve_model
 def count_flops(model_dir: Path, size: int) -> dict:
     """FLOPs per image of the encode and decode graphs (torch modules of the export), counted at batch 1."""
     import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from export.onnx import DecoderGraph, EncoderGraph
@@ -38,7 +39,8 @@ def count_flops(model_dir: Path, size: int) -> dict:
            "encoder_params": sum(p.numel() for p in model.encoder.parameters()),
            "decoder_params": sum(p.numel() for p in model.decoder.parameters())}
     for name, module, x in (("encode", enc, images), ("decode", dec, codes)):
-        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        # the math SDPA backend: torch's fused CPU attention kernel has no FLOP formula and would count as 0
+        with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             module(x)
         by_op = {str(k): int(v) for k, v in counter.get_flop_counts()["Global"].items()}
         out[name] = {"flop_per_image": int(counter.get_total_flops()), "by_op": by_op}
