@@ -74,9 +74,10 @@ def load_item(index: int, item: Item, prep: Prep) -> Prepared | dict:
 
 
 # ORT's intra-op threads spin-wait between ops by default. In a pipeline the same cores also read, decode and resize
-# images, and spinning threads burn those cycles. On the 2-core dev box (batch 8, other jobs running), encode alone
-# was 6-26 % faster without spinning (medians of interleaved runs) and did 11-32 % more images per CPU-second;
-# `pipeline.bench` checks raw encode on both settings. Codes are the same either way.
+# images, and spinning threads burn those cycles. On the 2-core dev box (batch 8, medians of interleaved runs), raw
+# encode without spinning was as fast as with it while only niced jobs ran (0.99×), 6-26 % faster while other jobs
+# competed, and did 11-32 % more images per CPU-second; `pipeline.bench` measures raw encode on both settings.
+# Codes are the same either way.
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
