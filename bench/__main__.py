@@ -32,7 +32,7 @@ FULL = dict(probe_n=2048, size=256, batches=[1, 8, 32], headline_batch=8, model_
             profile_batch=8, profile_runs=2, tuning_batch=8, tuning_max_s=20.0, tuning_rounds=3,
             concurrency=[1, 8, 32], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"],
             serve_s=5.0, serve_max_requests=240, raw_s=1.5, step_crop=128, step_batch=4, step_repeats=6,
-            rss_steps=3, rss_overrides=[], pipeline_images=48, pipeline_batch=8,
+            rss_steps=3, rss_overrides=[], pipeline_images=48, pipeline_batch=8, pipeline_rounds=3,
             serve_variants=[{"label": "batch window 10 ms", "batch_timeout": 0.01, "threads": "cores",
                              "cells": [["encode-npy", 1], ["decode", 1], ["encode-npy", 8]]},
                             {"label": "1 thread per worker (cores split across the 3 endpoints)", "threads": 1,
@@ -43,8 +43,9 @@ SMOKE = dict(probe_n=128, size=64, batches=[1, 2], headline_batch=2, model_max_s
              concurrency=[1, 2], endpoints=["encode-npy", "encode-json", "decode", "reconstruct"], serve_s=0.5,
              serve_max_requests=6, raw_s=0.2, step_crop=32, step_batch=2, step_repeats=2, rss_steps=1,
              rss_overrides=["batch_size=2", "crop=32", "perceptual=\"none\"", "workers=0"], pipeline_images=8,
-             pipeline_batch=4, serve_variants=[{"label": "batch window 2 ms", "batch_timeout": 0.002, "threads": 1,
-                                                "cells": [["encode-npy", 1]]}])
+             pipeline_batch=4, pipeline_rounds=1,
+             serve_variants=[{"label": "batch window 2 ms", "batch_timeout": 0.002, "threads": 1,
+                              "cells": [["encode-npy", 1]]}])
 SECTIONS = ("probe", "model", "profile", "tuning", "serving", "training", "pipeline", "gpu")
 TINY = REPO / "tests" / "fixtures" / "tiny-model"
 
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline import bench as pbench
 
         return pbench.main([str(REPO / "tests" / "fixtures" / "photos"), "--model", str(model_dir), "--batch-size",
-                            str(cfg["pipeline_batch"]), "--images", str(cfg["pipeline_images"]), "--rounds", "1"])
+                            str(cfg["pipeline_batch"]), "--images", str(cfg["pipeline_images"]), "--rounds",
+                            str(cfg["pipeline_rounds"])])
 
     run("pipeline", pipeline_section)
 

@@ -380,10 +380,13 @@ def render(res: dict) -> str:
     if pipe and "ratio" in pipe:
         cpu = (f" Per CPU-second of the whole process: {pipe['pipeline_img_per_cpu_s']:.2f} vs "
                f"{pipe['raw_img_per_cpu_s']:.2f} img (ratio {pipe['cpu_ratio']:.2f})." if "cpu_ratio" in pipe else "")
+        both = (f", the faster of ORT's default session ({pipe['raw_ort_default_session_img_s']:.1f}) and the "
+                f"pipeline's session without intra-op spin-waiting ({pipe['raw_pipeline_session_img_s']:.1f})"
+                if "raw_ort_default_session_img_s" in pipe else "")
         L += [f"`pipeline.bench` (another module's benchmark, called by the suite) on the fixture photos repeated to "
               f"{pipe['images']} items, batch {pipe['batch_size']}: local engine {pipe['pipeline_img_s']:.1f} img/s vs "
-              f"raw ORT encode {pipe['raw_encode_img_s']:.1f} img/s (ratio {pipe['ratio']:.2f}; reading, decoding, "
-              f"resizing and Parquet writing included).{cpu}", ""]
+              f"raw ORT encode {pipe['raw_encode_img_s']:.1f} img/s{both} (ratio {pipe['ratio']:.2f}; reading, "
+              f"decoding, resizing and Parquet writing included).{cpu}", ""]
     else:
         L += [f"Not measured: {(pipe or {}).get('skipped', 'section skipped')}.", ""]
 

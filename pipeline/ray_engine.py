@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .shards import ShardSink
 from .sources import Item
-from .work import Prep, Prepared, encode_mixed, load_item
+from .work import Prep, Prepared, encode_mixed, load_item, load_tokenizer
 
 _PREPARE_TASK_MEMORY = 512 << 20
 _PREP_SCHEMA = pa.schema([("index", pa.int64()), ("key", pa.string()), ("sha256", pa.string()),
@@ -45,9 +45,7 @@ class _Encoder:
     """An actor holding one `OnnxTokenizer` session pair; encodes prepared blocks grouped by shape."""
 
     def __init__(self, model: str, device: str, threads: int | None, batch_size: int) -> None:
-        from export.runtime import OnnxTokenizer
-
-        self.tok = OnnxTokenizer.from_dir(model, device=device, threads=threads)
+        self.tok = load_tokenizer(model, device, threads)
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:

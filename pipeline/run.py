@@ -81,11 +81,10 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
         bar = _progress_bar(n_pending, len(items) - n_pending, progress)
         try:
             if pending and engine == "local":
-                from export.runtime import OnnxTokenizer
-
                 from .local import run_local
+                from .work import load_tokenizer
 
-                tok = tokenizer or OnnxTokenizer.from_dir(model, device=device)
+                tok = tokenizer or load_tokenizer(model, device)
                 if tok.metadata.codebook_sha256 != info["codebook_sha256"]:
                     raise ValueError("the tokenizer passed is not the model given (codebook sha256 differs)")
                 run_local(tok, items, ranges, pending, sink, prep, batch_size, workers or _default_workers(),

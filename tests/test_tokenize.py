@@ -239,3 +239,22 @@ def test_size_option(tmp_path, tok):
         tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "o2", TINY, size=30, progress=False)
     with pytest.raises(ValueError, match="resize only"):
         tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "o3", TINY, size=32, policy="native", progress=False)
+
+
+def test_pipeline_session_gives_the_same_codes(tok):
+    """The engines encode without ORT spin-waiting (`load_tokenizer`): a scheduling setting, never other codes."""
+    from pipeline.work import load_tokenizer
+
+    paths = [str(p) for p in PHOTOS]
+    assert np.array_equal(load_tokenizer(TINY).encode(paths), tok.encode(paths))
+
+
+def test_bench_comparator_is_the_faster_raw_session():
+    """`pipeline.bench` compares against the faster of ORT's default session and the pipeline's own."""
+    from pipeline import bench
+
+    out = bench.main([str(FIXTURES / "photos"), "--model", TINY, "--batch-size", "4", "--images", "8", "--rounds",
+                      "1"])
+    raws = {"pipeline": out["raw_pipeline_session_img_s"], "ort_default": out["raw_ort_default_session_img_s"]}
+    assert out["raw_encode_img_s"] == max(raws.values()) == raws[out["raw_session"]]
+    assert out["ratio"] == pytest.approx(out["pipeline_img_s"] / out["raw_encode_img_s"], rel=0.02)
