@@ -286,6 +286,27 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
         np.testing.assert_array_equal(json.loads(res["body"])["codes"], tok.encode(im)[0])
 
 
+@pytest.mark.parametrize("name, graphs", [("EncodeAPI", ("encoder",)), ("DecodeAPI", ("decoder",)),
+                                          ("ReconstructAPI", ("encoder", "decoder"))])
+def test_workers_load_only_their_graphs_without_memory_pattern(tmp_path, name, graphs):
+    """A decode worker holds no encoder session (and vice versa); CPU sessions run without ORT's memory pattern."""
+    import server.apis
+    from server.edge import Limits
+    from server.registry import Registry
+
+    api = getattr(server.apis, name)(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), threads=1)
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        api.setup("cpu")
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    tok = api.models["tiny-a"]
+    assert tok.graphs == graphs
+    sessions = [s for s in (tok.encoder, tok.decoder) if s is not None]
+    assert len(sessions) == len(graphs)
+    assert not any(s.get_session_options().enable_mem_pattern for s in sessions)
+
+
 def test_import_server_without_torch():
     """`import server` (and the whole serving path) works where torch cannot be imported."""
     code = """
