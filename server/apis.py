@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import io
 import json
 import logging
@@ -34,6 +35,15 @@ from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, pr
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
+
+
+def name_process(name: str) -> None:
+    """Name this process (/proc/PID/comm: `ps -o comm`, `top`), so each endpoint's workers and their memory can be
+    told apart; Linux keeps 15 bytes. A no-op where prctl is missing."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -69,6 +79,7 @@ class TokenizerAPI(ls.LitAPI):
         from export.runtime import OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
+        name_process(f"vq-{self.endpoint}")  # before ORT starts its threads, which inherit the name
         kind = "cpu"
         if device.startswith("cuda"):  # one worker set per GPU: pin this worker to its device
             index = int(device.partition(":")[2] or 0)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,21 @@ def test_metrics_dirs_of_killed_servers_are_removed(monkeypatch, tmp_path):
     assert not dead.exists() and alive.exists()
 
 
+def setup_here(api) -> None:
+    """`api.setup("cpu")` in this process, as in a worker; undo what it does to a worker process (ignoring SIGINT,
+    the process name)."""
+    from server.apis import name_process
+
+    sigint, comm = signal.getsignal(signal.SIGINT), Path("/proc/self/comm")
+    name = comm.read_text().strip() if comm.exists() else ""
+    try:
+        api.setup("cpu")
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        if name:
+            name_process(name)
+
+
 def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     """Inside the worker: if one item of a batch makes ONNX Runtime fail, only that item gets an error."""
     from server.apis import EncodeAPI
@@ -270,11 +286,7 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
 
     root = models_dir(tmp_path)
     api = EncodeAPI(Registry.scan(root), Limits(2**20, 10**6), max_batch_size=8, threads=1)
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")  # as in a worker process (it also ignores SIGINT there)
-    finally:
-        signal.signal(signal.SIGINT, sigint)
+    setup_here(api)
     tok = local_tokenizer(root / "tiny-a")
     good = [tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "json"} for im in good]
@@ -295,16 +307,19 @@ def test_workers_load_only_their_graphs_without_memory_pattern(tmp_path, name, g
     from server.registry import Registry
 
     api = getattr(server.apis, name)(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), threads=1)
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")
-    finally:
-        signal.signal(signal.SIGINT, sigint)
+    setup_here(api)
     tok = api.models["tiny-a"]
     assert tok.graphs == graphs
     sessions = [s for s in (tok.encoder, tok.decoder) if s is not None]
     assert len(sessions) == len(graphs)
     assert not any(s.get_session_options().enable_mem_pattern for s in sessions)
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
+def test_workers_are_named_by_endpoint():
+    code = "from server.apis import name_process; name_process('vq-reconstruct'); print(open('/proc/self/comm').read())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True).stdout
+    assert out.strip() == "vq-reconstruct"
 
 
 def test_import_server_without_torch():
