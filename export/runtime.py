@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ from tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
 _NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
 _OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
 GRAPHS = ("encoder", "decoder")
+_shared_arena = {"registered": False, "lock": threading.Lock()}
 
 
 class InvalidCodes(ValueError):
@@ -97,7 +99,7 @@ class OnnxTokenizer:
     def __init__(self, encoder_path: str | Path | None, decoder_path: str | Path | None, device: str = "cpu",
                  threads: int | None = None, max_batch: int | None = None,
                  session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
-                 mem_pattern: bool = True):
+                 mem_pattern: bool = True, shared_arena: bool = False):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
@@ -110,6 +112,9 @@ class OnnxTokenizer:
         # ORT plans one activation block per distinct input shape; with the arena those blocks pile up when batch
         # sizes vary (a server's dynamic batches 1..8: 2.4 GiB instead of 1.1 GiB for both 256² graphs on CPU)
         so.enable_mem_pattern = mem_pattern
+        if shared_arena:  # one CPU arena for the sessions that never run at once: the largest one's memory, not the sum
+            _register_shared_arena(ort)
+            so.add_session_config_entry("session.use_env_allocators", "1")
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -148,7 +153,8 @@ class OnnxTokenizer:
     def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", optimized: bool | None = None, max_batch: int | None = None,
                  session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
-                 graphs: Sequence[str] = GRAPHS, mem_pattern: bool = True) -> "OnnxTokenizer":
+                 graphs: Sequence[str] = GRAPHS, mem_pattern: bool = True,
+                 shared_arena: bool = False) -> "OnnxTokenizer":
         """Load `encoder.onnx` / `decoder.onnx` from a model folder or shipped id.
 
         precision "fp16" loads the half-precision pair (for GPUs). `optimized` picks the ORT offline-optimised CPU
@@ -158,6 +164,8 @@ class OnnxTokenizer:
         `VQTOK_ORT_CUDA_OPTIONS`. `graphs` picks what to load: ("encoder",) can only encode, ("decoder",) only
         decode (a process that needs one saves the other's memory). `mem_pattern` False turns off ORT's per-shape
         memory pattern: bounded memory when batch shapes vary (a server), at no measured CPU speed cost.
+        `shared_arena` puts the CPU allocations of every session in the process that sets it (encoder, decoder,
+        other models) in one ORT arena: for sessions run one at a time, e.g. an inference worker's.
         """
         d = resolve_model_dir(path_or_id)
         if precision not in _NAMES:
@@ -183,7 +191,7 @@ class OnnxTokenizer:
         threads = threads or int(os.environ.get("VQTOK_ORT_THREADS", "0")) or None
         enc, dec = d / names[0] if keep[0] else None, d / names[-1] if keep[1] else None
         return cls(enc, dec, device=device, threads=threads, max_batch=max_batch, session_config=session_config,
-                   cuda_options=cuda_options, mem_pattern=mem_pattern)
+                   cuda_options=cuda_options, mem_pattern=mem_pattern, shared_arena=shared_arena)
 
     # convenience views of the metadata
     @property
@@ -255,6 +263,15 @@ class OnnxTokenizer:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
                 f"device={self.device!r})")
+
+
+def _register_shared_arena(ort) -> None:
+    """Register, once per process, the CPU arena (ORT's default settings) that `shared_arena` sessions use."""
+    with _shared_arena["lock"]:
+        if not _shared_arena["registered"]:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena["registered"] = True
 
 
 def _env_cuda_options() -> dict[str, str]:

@@ -191,3 +191,14 @@ def test_mem_pattern_reaches_ort_and_keeps_results(tok):
     codes = lean.encode_array(np.concatenate([x, x]))
     np.testing.assert_array_equal(codes, tok.encode_array(np.concatenate([x, x])))
     np.testing.assert_array_equal(lean.decode(codes), tok.decode(codes))
+
+
+def test_shared_arena_reaches_ort_and_keeps_results(tok):
+    x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
+    shared = [OnnxTokenizer.from_dir(TINY, threads=1, shared_arena=True) for _ in range(2)]  # registered once
+    for t in shared:
+        for s in (t.encoder, t.decoder):
+            assert s.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+        codes = t.encode_array(x)
+        np.testing.assert_array_equal(codes, tok.encode_array(x))
+        np.testing.assert_array_equal(t.decode(codes), tok.decode(codes))
