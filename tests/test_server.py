@@ -300,8 +300,9 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
 
 @pytest.mark.parametrize("name, graphs", [("EncodeAPI", ("encoder",)), ("DecodeAPI", ("decoder",)),
                                           ("ReconstructAPI", ("encoder", "decoder"))])
-def test_workers_load_only_their_graphs_without_memory_pattern(tmp_path, name, graphs):
-    """A decode worker holds no encoder session (and vice versa); CPU sessions run without ORT's memory pattern."""
+def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
+    """A decode worker holds no encoder session (and vice versa); CPU sessions run without ORT's memory pattern, in
+    one shared arena."""
     import server.apis
     from server.edge import Limits
     from server.registry import Registry
@@ -312,7 +313,9 @@ def test_workers_load_only_their_graphs_without_memory_pattern(tmp_path, name, g
     assert tok.graphs == graphs
     sessions = [s for s in (tok.encoder, tok.decoder) if s is not None]
     assert len(sessions) == len(graphs)
-    assert not any(s.get_session_options().enable_mem_pattern for s in sessions)
+    for s in sessions:
+        opts = s.get_session_options()
+        assert not opts.enable_mem_pattern and opts.get_session_config_entry("session.use_env_allocators") == "1"
 
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
