@@ -128,8 +128,8 @@ class OnnxTokenizer:
             opts = {**_env_cuda_options(), **(cuda_options or {})}
             providers = [("CUDAExecutionProvider", {k: str(v) for k, v in opts.items()}), "CPUExecutionProvider"]
         # a graph that is not needed is not loaded: its session would hold weights and, once run, an arena
-        self.encoder = ort.InferenceSession(str(encoder_path), so, providers=providers) if encoder_path else None
-        self.decoder = ort.InferenceSession(str(decoder_path), so, providers=providers) if decoder_path else None
+        self.encoder, self.decoder = (None if p is None else ort.InferenceSession(str(p), so, providers=providers)
+                                      for p in (encoder_path, decoder_path))
         sessions = [s for s in (self.encoder, self.decoder) if s is not None]
         if device == "cuda":
             for s in sessions:  # ORT silently falls back to the CPU when CUDA fails to load
