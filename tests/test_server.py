@@ -316,6 +316,29 @@ def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
     for s in sessions:
         opts = s.get_session_options()
         assert not opts.enable_mem_pattern and opts.get_session_config_entry("session.use_env_allocators") == "1"
+    assert api.ort_batch == 1  # CPU: one image per ONNX Runtime call
+
+
+def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
+    from server.apis import DecodeAPI, ReconstructAPI
+    from server.edge import Limits
+    from server.registry import Registry
+
+    registry, tok = Registry.scan(models_dir(tmp_path)), local_tokenizer(tmp_path / "models" / "tiny-a")
+    images = ([tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]] * 2)[:5]  # 5 items: chunks of 2, 2, 1
+    codes = tok.encode_array(np.stack(images))
+    recon = ReconstructAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
+    decode = DecodeAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
+    for api in (recon, decode):
+        setup_here(api)
+        assert api.ort_batch == 2 and api.chunks(5) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "png"} for im in images]
+    want = tok.decode(codes)
+    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in recon.predict(items)]
+    np.testing.assert_array_equal(np.stack(got), want)
+    items = [{"model": "tiny-a", "codes": c.astype(np.int32), "format": "png"} for c in codes]
+    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in decode.predict(items)]
+    np.testing.assert_array_equal(np.stack(got), want)
 
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
