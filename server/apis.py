@@ -4,8 +4,8 @@ Each has an edge half and a worker half:
 - `parse(request)` runs in the HTTP process: it reads, validates and preprocesses the request (see `edge.py`), so
   the queue only carries good payloads (a model id, a uint8 image or an int32 code grid, and reply options);
 - `decode_request → predict → encode_response` run in the inference workers. `predict` groups a batch by
-  (model, shape), runs one ONNX Runtime call per group and never fails as a whole: if a group call raises, its
-  items are retried one by one and only the failing ones get a 500 result.
+  (model, shape), runs each group as ONNX Runtime calls of at most `ort_batch` images and never fails as a whole:
+  if a group raises, its items are retried one by one and only the failing ones get a 500 result.
 Results travel back as plain dicts (`{"status", "body", "media_type", "headers"}` or an error) and become HTTP
 responses in the HTTP process.
 """
