@@ -94,7 +94,7 @@ class Server:
 
     def memory(self) -> dict:
         """Peak (VmHWM) and current (VmRSS) resident memory of each server process, in MiB; inference workers are
-        the processes that mapped ONNX Runtime."""
+        the processes that mapped ONNX Runtime, named by endpoint (`vq-encode`, ...: /proc/PID/comm)."""
         procs = []
         for pid in self.pids():
             try:
@@ -103,12 +103,16 @@ class Server:
             except OSError:
                 continue
             kv = {ln.split(":")[0]: ln.split(":")[1].strip() for ln in status.splitlines() if ":" in ln}
-            procs.append({"pid": pid, "worker": "onnxruntime" in maps,
+            procs.append({"pid": pid, "name": kv.get("Name", ""), "worker": "onnxruntime" in maps,
                           "peak_rss_mib": int(kv.get("VmHWM", "0 kB").split()[0]) / 1024,
                           "rss_mib": int(kv.get("VmRSS", "0 kB").split()[0]) / 1024})
         workers = [p for p in procs if p["worker"]]
+        by_name: dict[str, float] = {}
+        for p in workers:
+            by_name[p["name"]] = max(by_name.get(p["name"], 0.0), p["peak_rss_mib"])
         return {"processes": procs, "inference_workers": len(workers),
                 "worker_peak_rss_mib": max((p["peak_rss_mib"] for p in workers), default=float("nan")),
+                "worker_peak_rss_mib_by_name": by_name,
                 "total_rss_mib": sum(p["rss_mib"] for p in procs)}
 
     def cpu_seconds(self) -> dict[str, float]:

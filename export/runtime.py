@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,8 @@ from tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
 
 _NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
 _OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
+GRAPHS = ("encoder", "decoder")
+_shared_arena = {"registered": False, "lock": threading.Lock()}
 
 
 # cuDNN's exhaustive algorithm search runs once per new input shape and took ~0.5 s per request on an H200 under
@@ -99,16 +102,25 @@ def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None 
 class OnnxTokenizer:
     """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_dir`."""
 
-    def __init__(self, encoder_path: str | Path, decoder_path: str | Path, device: str = "cpu",
+    def __init__(self, encoder_path: str | Path | None, decoder_path: str | Path | None, device: str = "cpu",
                  threads: int | None = None, max_batch: int | None = None,
-                 session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None):
+                 session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
+                 mem_pattern: bool = True, shared_arena: bool = False):
         import onnxruntime as ort
 
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if encoder_path is None and decoder_path is None:
+            raise ValueError("give an encoder path, a decoder path or both")
         self.device, self.max_batch = device, max_batch
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # ORT plans one activation block per distinct input shape; with the arena those blocks pile up when batch
+        # sizes vary (a server's dynamic batches 1..8: 2.4 GiB instead of 1.1 GiB for both 256² graphs on CPU)
+        so.enable_mem_pattern = mem_pattern
+        if shared_arena:  # one CPU arena for the sessions that never run at once: the largest one's memory, not the sum
+            _register_shared_arena(ort)
+            so.add_session_config_entry("session.use_env_allocators", "1")
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
@@ -121,40 +133,56 @@ class OnnxTokenizer:
                 ort.preload_dlls()
             opts = {**_CUDA_DEFAULTS, **_env_cuda_options(), **(cuda_options or {})}
             providers = [("CUDAExecutionProvider", {k: str(v) for k, v in opts.items()}), "CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder_path), so, providers=providers)
-        self.decoder = ort.InferenceSession(str(decoder_path), so, providers=providers)
+        # a graph that is not needed is not loaded: its session would hold weights and, once run, an arena
+        self.encoder, self.decoder = (None if p is None else ort.InferenceSession(str(p), so, providers=providers)
+                                      for p in (encoder_path, decoder_path))
+        sessions = [s for s in (self.encoder, self.decoder) if s is not None]
         if device == "cuda":
-            for s in (self.encoder, self.decoder):  # ORT silently falls back to the CPU when CUDA fails to load
+            for s in sessions:  # ORT silently falls back to the CPU when CUDA fails to load
                 if s.get_providers()[0] != "CUDAExecutionProvider":
                     raise RuntimeError(
                         f"CUDAExecutionProvider did not activate (active: {s.get_providers()}, available: "
                         f"{ort.get_available_providers()}); install onnxruntime-gpu with a matching CUDA/cuDNN "
                         "or use device='cpu'")
-        enc_meta = self.encoder.get_modelmeta().custom_metadata_map
-        dec_meta = self.decoder.get_modelmeta().custom_metadata_map
-        if enc_meta.get("codebook_sha256") != dec_meta.get("codebook_sha256"):
+        metas = [s.get_modelmeta().custom_metadata_map for s in sessions]
+        if len({m.get("codebook_sha256") for m in metas}) > 1:
             raise ValueError(f"{encoder_path} and {decoder_path} come from different models (codebook sha256 "
                              "differs); re-export both with `vqtok export MODEL`")
-        self.metadata = ModelMetadata.from_props(enc_meta)
+        self.metadata = ModelMetadata.from_props(metas[0])
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        """The graphs this tokenizer loaded: ("encoder", "decoder") unless built with fewer."""
+        return tuple(g for g, s in zip(GRAPHS, (self.encoder, self.decoder)) if s is not None)
 
     @classmethod
     def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", optimized: bool | None = None, max_batch: int | None = None,
-                 session_config: dict[str, str] | None = None,
-                 cuda_options: dict[str, str] | None = None) -> "OnnxTokenizer":
+                 session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
+                 graphs: Sequence[str] = GRAPHS, mem_pattern: bool = True,
+                 shared_arena: bool = False) -> "OnnxTokenizer":
         """Load `encoder.onnx` / `decoder.onnx` from a model folder or shipped id.
 
         precision "fp16" loads the half-precision pair (for GPUs). `optimized` picks the ORT offline-optimised CPU
         copies (`*.cpu-opt.onnx`); None uses them when present on CPU at fp32. `threads` sets intra-op threads
         (default: ORT's choice; `VQTOK_ORT_THREADS` overrides). `session_config` adds ORT session config entries;
         `cuda_options` are CUDAExecutionProvider options (e.g. {"prefer_nhwc": "1"}), on top of the JSON object in
-        `VQTOK_ORT_CUDA_OPTIONS`.
+        `VQTOK_ORT_CUDA_OPTIONS`. `graphs` picks what to load: ("encoder",) can only encode, ("decoder",) only
+        decode (a process that needs one saves the other's memory). `mem_pattern` False turns off ORT's per-shape
+        memory pattern: bounded memory when batch shapes vary (a server), at no measured CPU speed cost.
+        `shared_arena` puts the CPU allocations of every session in the process that sets it (encoder, decoder,
+        other models) in one ORT arena: for sessions run one at a time, e.g. an inference worker's.
         """
         d = resolve_model_dir(path_or_id)
         if precision not in _NAMES:
             raise ValueError(f"precision must be one of {sorted(_NAMES)}, got {precision!r}")
-        names = _NAMES[precision]
+        if not graphs or any(g not in GRAPHS for g in graphs):
+            raise ValueError(f"graphs must be a non-empty subset of {GRAPHS}, got {graphs!r}")
+        keep = [g in graphs for g in GRAPHS]
+        names = tuple(n for n, k in zip(_NAMES[precision], keep) if k)
         opt = _OPTIMIZED.get(precision)
+        if opt is not None:
+            opt = tuple(n for n, k in zip(opt, keep) if k)
         if optimized is None:
             optimized = device == "cpu" and opt is not None and all((d / n).is_file() for n in opt)
         if optimized:
@@ -167,8 +195,9 @@ class OnnxTokenizer:
             flag = " --fp16" if precision == "fp16" else ""
             raise FileNotFoundError(f"{d} has no {', '.join(missing)}; run `vqtok export {d}{flag}` first")
         threads = threads or int(os.environ.get("VQTOK_ORT_THREADS", "0")) or None
-        return cls(d / names[0], d / names[1], device=device, threads=threads, max_batch=max_batch,
-                   session_config=session_config, cuda_options=cuda_options)
+        enc, dec = d / names[0] if keep[0] else None, d / names[-1] if keep[1] else None
+        return cls(enc, dec, device=device, threads=threads, max_batch=max_batch, session_config=session_config,
+                   cuda_options=cuda_options, mem_pattern=mem_pattern, shared_arena=shared_arena)
 
     # convenience views of the metadata
     @property
@@ -213,6 +242,8 @@ class OnnxTokenizer:
                              "'resize' or downscale it first")
         if self.max_batch is not None and b > self.max_batch:
             raise ValueError(f"{b} images in one call; the limit is {self.max_batch}: split the batch")
+        if self.encoder is None:
+            raise RuntimeError("this OnnxTokenizer has no encoder: it was loaded with graphs=('decoder',)")
         codes = self.encoder.run(None, {"images": np.ascontiguousarray(batch)})[0]
         return codes.astype(np.int64)
 
@@ -230,12 +261,23 @@ class OnnxTokenizer:
 
     def decode(self, codes) -> np.ndarray:
         """Codes [B, h, w] or [h, w] (ints in [0, K)) → uint8 images [B, h·f, w·f, 3]. Raises `InvalidCodes`."""
+        if self.decoder is None:
+            raise RuntimeError("this OnnxTokenizer has no decoder: it was loaded with graphs=('encoder',)")
         return self.decoder.run(None, {"codes": self.validate(codes)})[0]
 
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
                 f"device={self.device!r})")
+
+
+def _register_shared_arena(ort) -> None:
+    """Register, once per process, the CPU arena (ORT's default settings) that `shared_arena` sessions use."""
+    with _shared_arena["lock"]:
+        if not _shared_arena["registered"]:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena["registered"] = True
 
 
 def _env_cuda_options() -> dict[str, str]:

@@ -53,6 +53,7 @@ class Settings:
     max_body_mb: float = 32.0
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
+    ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
     timeout: float = 60.0  # seconds a request may wait in the queue
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
@@ -118,8 +119,8 @@ class VqtokServer(ls.LitServer):
         self.registry, self.settings = registry, settings
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
         threads = threads_per_worker(settings, devices)
-        apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads)
-                for cls in API_CLASSES]
+        apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
+                    settings.ort_batch) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
                          timeout=settings.timeout, model_metadata=registry.describe(),

@@ -42,6 +42,7 @@ def test_bench_smoke(tmp_path):
     assert "--batch-timeout 0.002" in variant["server_command"]
     mem = res["serving"]["memory"]
     assert mem["inference_workers"] == 3 and mem["worker_peak_rss_mib"] > 10
+    assert set(mem["worker_peak_rss_mib_by_name"]) == {"vq-encode", "vq-decode", "vq-reconstruct"}
 
     st = res["training"]["step_time"]
     assert st["median_ratio"] > 0 and st["quantizer_rotation_ms"] > 0

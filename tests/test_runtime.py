@@ -156,3 +156,49 @@ def test_cuda_options_env_is_checked(monkeypatch, raw, match):
         _env_cuda_options()
     monkeypatch.setenv("VQTOK_ORT_CUDA_OPTIONS", '{"prefer_nhwc": 1, "device_id": "0"}')
     assert _env_cuda_options() == {"prefer_nhwc": "1", "device_id": "0"}
+
+
+@pytest.mark.parametrize("graphs", [("encoder",), ("decoder",)])
+def test_one_graph_loads_only_that_session(tok, graphs):
+    one = OnnxTokenizer.from_dir(TINY, threads=1, graphs=graphs)
+    assert one.graphs == graphs and one.metadata == tok.metadata
+    codes = tok.encode(PHOTOS[0])
+    if graphs == ("encoder",):
+        assert one.decoder is None
+        np.testing.assert_array_equal(one.encode(PHOTOS[0]), codes)
+        with pytest.raises(RuntimeError, match="no decoder"):
+            one.decode(codes)
+    else:
+        assert one.encoder is None
+        np.testing.assert_array_equal(one.decode(codes), tok.decode(codes))
+        with pytest.raises(RuntimeError, match="no encoder"):
+            one.encode(PHOTOS[0])
+
+
+def test_graphs_are_checked(tmp_path):
+    for bad in ((), ("encoder", "vae"), "encoder"):
+        with pytest.raises(ValueError, match="subset"):
+            OnnxTokenizer.from_dir(TINY, graphs=bad)
+    with pytest.raises(ValueError, match="encoder path, a decoder path or both"):
+        OnnxTokenizer(None, None)
+
+
+def test_mem_pattern_reaches_ort_and_keeps_results(tok):
+    x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
+    assert tok.encoder.get_session_options().enable_mem_pattern  # ORT's default stays the runtime's default
+    lean = OnnxTokenizer.from_dir(TINY, threads=1, mem_pattern=False)
+    assert [s.get_session_options().enable_mem_pattern for s in (lean.encoder, lean.decoder)] == [False, False]
+    codes = lean.encode_array(np.concatenate([x, x]))
+    np.testing.assert_array_equal(codes, tok.encode_array(np.concatenate([x, x])))
+    np.testing.assert_array_equal(lean.decode(codes), tok.decode(codes))
+
+
+def test_shared_arena_reaches_ort_and_keeps_results(tok):
+    x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
+    shared = [OnnxTokenizer.from_dir(TINY, threads=1, shared_arena=True) for _ in range(2)]  # registered once
+    for t in shared:
+        for s in (t.encoder, t.decoder):
+            assert s.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+        codes = t.encode_array(x)
+        np.testing.assert_array_equal(codes, tok.encode_array(x))
+        np.testing.assert_array_equal(t.decode(codes), tok.decode(codes))

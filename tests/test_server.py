@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,21 @@ def test_metrics_dirs_of_killed_servers_are_removed(monkeypatch, tmp_path):
     assert not dead.exists() and alive.exists()
 
 
+def setup_here(api) -> None:
+    """`api.setup("cpu")` in this process, as in a worker; undo what it does to a worker process (ignoring SIGINT,
+    the process name)."""
+    from server.apis import name_process
+
+    sigint, comm = signal.getsignal(signal.SIGINT), Path("/proc/self/comm")
+    name = comm.read_text().strip() if comm.exists() else ""
+    try:
+        api.setup("cpu")
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        if name:
+            name_process(name)
+
+
 def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     """Inside the worker: if one item of a batch makes ONNX Runtime fail, only that item gets an error."""
     from server.apis import EncodeAPI
@@ -270,11 +286,7 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
 
     root = models_dir(tmp_path)
     api = EncodeAPI(Registry.scan(root), Limits(2**20, 10**6), max_batch_size=8, threads=1)
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        api.setup("cpu")  # as in a worker process (it also ignores SIGINT there)
-    finally:
-        signal.signal(signal.SIGINT, sigint)
+    setup_here(api)
     tok = local_tokenizer(root / "tiny-a")
     good = [tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "json"} for im in good]
@@ -284,6 +296,56 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     assert results[1]["code"] == "internal_error" and "Traceback" not in results[1]["message"]
     for res, im in zip([results[0], *results[2:]], good):
         np.testing.assert_array_equal(json.loads(res["body"])["codes"], tok.encode(im)[0])
+
+
+@pytest.mark.parametrize("name, graphs", [("EncodeAPI", ("encoder",)), ("DecodeAPI", ("decoder",)),
+                                          ("ReconstructAPI", ("encoder", "decoder"))])
+def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
+    """A decode worker holds no encoder session (and vice versa); CPU sessions run without ORT's memory pattern, in
+    one shared arena."""
+    import server.apis
+    from server.edge import Limits
+    from server.registry import Registry
+
+    api = getattr(server.apis, name)(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), threads=1)
+    setup_here(api)
+    tok = api.models["tiny-a"]
+    assert tok.graphs == graphs
+    sessions = [s for s in (tok.encoder, tok.decoder) if s is not None]
+    assert len(sessions) == len(graphs)
+    for s in sessions:
+        opts = s.get_session_options()
+        assert not opts.enable_mem_pattern and opts.get_session_config_entry("session.use_env_allocators") == "1"
+    assert api.ort_batch == 1  # CPU: one image per ONNX Runtime call
+
+
+def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
+    from server.apis import DecodeAPI, ReconstructAPI
+    from server.edge import Limits
+    from server.registry import Registry
+
+    registry, tok = Registry.scan(models_dir(tmp_path)), local_tokenizer(tmp_path / "models" / "tiny-a")
+    images = ([tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]] * 2)[:5]  # 5 items: chunks of 2, 2, 1
+    codes = tok.encode_array(np.stack(images))
+    recon = ReconstructAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
+    decode = DecodeAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
+    for api in (recon, decode):
+        setup_here(api)
+        assert api.ort_batch == 2 and api.chunks(5) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "png"} for im in images]
+    want = tok.decode(codes)
+    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in recon.predict(items)]
+    np.testing.assert_array_equal(np.stack(got), want)
+    items = [{"model": "tiny-a", "codes": c.astype(np.int32), "format": "png"} for c in codes]
+    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in decode.predict(items)]
+    np.testing.assert_array_equal(np.stack(got), want)
+
+
+@pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
+def test_workers_are_named_by_endpoint():
+    code = "from server.apis import name_process; name_process('vq-reconstruct'); print(open('/proc/self/comm').read())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True).stdout
+    assert out.strip() == "vq-reconstruct"
 
 
 def test_import_server_without_torch():
