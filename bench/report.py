@@ -364,6 +364,10 @@ def render(res: dict) -> str:
         L += [f"- Server inference worker, peak RSS (VmHWM, largest of {mem['inference_workers']} workers, after the "
               f"serving load above): **{mem['worker_peak_rss_mib']:.0f} MiB**; all server processes together "
               f"(RSS at the end): {mem['total_rss_mib']:.0f} MiB over {len(mem['processes'])} processes."]
+        by_name = mem.get("worker_peak_rss_mib_by_name") or {}
+        if by_name:
+            L += ["- Peak RSS per endpoint worker: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(by_name.items()))
+                  + " (each loads only the graphs its endpoint runs)."]
     rss = tr.get("training_rss")
     if rss:
         tc = rss.get("train_config") or {}
