@@ -104,6 +104,14 @@ def targets(res: dict) -> list[tuple[str, str, str]]:
                     _ok(st["overhead_pct"] <= 100 * TARGETS["rotation_overhead"])))
     else:
         out.append(("Rotation trick step-time overhead ≤ 5 % vs STE", "—", _ok(None)))
+    pipe = res.get("pipeline") or {}
+    if "ratio" in pipe:
+        out.append(("Dataset tokenization (`vqtok tokenize`, local engine) ≥ 90 % of raw ORT encode, same batch",
+                    f"{100 * pipe['ratio']:.0f} % by wall time ({pipe['pipeline_img_s']:.1f} vs "
+                    f"{pipe['raw_encode_img_s']:.1f} img/s, batch {pipe['batch_size']}); per CPU-second "
+                    f"{100 * pipe.get('cpu_ratio', float('nan')):.0f} %", _ok(pipe["ratio"] >= 0.9)))
+    else:
+        out.append(("Dataset tokenization ≥ 90 % of raw ORT encode", pipe.get("skipped", "—"), _ok(None)))
     gpu = gpu_results(res)
     gl = [r for r in gpu.get("rows", []) if r.get("backend") == "onnxruntime-cuda-fp16" and r.get("graph") == "encode"
           and r.get("variant", "default") == "default" and "images_per_s" in r]
