@@ -12,24 +12,25 @@ What this adds to LitServe 0.2.19 (pinned):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
 from fastapi import Request, Response
 from litserve.server import RegularRequestHandler
+from litserve.transport.factory import TransportConfig
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 from starlette.middleware.gzip import GZipMiddleware
 
-from . import metrics
+from . import metrics, transport
 from .apis import API_CLASSES, TokenizerAPI
 from .auth import ApiKeyMiddleware
 from .edge import Limits
@@ -54,6 +55,7 @@ class Settings:
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
+    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/transport.py)
     timeout: float = 60.0  # seconds a request may wait in the queue
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
@@ -127,6 +129,9 @@ class VqtokServer(ls.LitServer):
                          middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
                                       (metrics.MetricsMiddleware, {})])
         self.uvicorn_graceful_timeout = settings.graceful_timeout
+        if settings.fast_queue:  # LitServe 0.2.19 drops fast_queue=True on the floor: set the transport it meant
+            transport.install()
+            self.transport_config = TransportConfig(transport_type="zmq")
         # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         install_error_handlers(self.app)

@@ -31,10 +31,12 @@ def tok(root):
     return local_tokenizer(root / "models" / "tiny-a")
 
 
-@pytest.fixture(scope="module")
-def live(root):
+@pytest.fixture(scope="module", params=["mp", "zmq"])
+def live(root, request):
+    """The server with LitServe's default reply queues, and with `--fast-queue` (ZeroMQ, server/transport.py)."""
     args = ["--models-dir", str(root / "models"), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1"]
-    with LiveServer(args, api_key=KEY, log=root / "serve.log") as srv:
+    args += ["--fast-queue"] if request.param == "zmq" else []
+    with LiveServer(args, api_key=KEY, log=root / f"serve-{request.param}.log") as srv:
         yield srv
 
 

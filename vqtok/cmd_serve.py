@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
     p.add_argument("--ort-batch", type=int, help="images per ONNX Runtime call within a dynamic batch (default 1 on "
                    "CPU, where it measured fastest on 2 cores and holds the least memory; the whole batch on GPUs)")
+    p.add_argument("--fast-queue", action="store_true", help="replies from workers over ZeroMQ instead of "
+                   "multiprocessing-manager queues (fewer round trips per request; see docs/PERFORMANCE.md)")
     p.add_argument("--batch-timeout", type=float, default=0.002, help="seconds a batch waits to fill (default 0.002)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixel limit per image (default 4096²)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(device=args.device, workers=args.workers, max_batch_size=args.max_batch_size,
                         batch_timeout=args.batch_timeout, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb,
                         api_key=args.api_key, threads=args.threads, timeout=args.timeout,
-                        graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch)
+                        graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
+                        fast_queue=args.fast_queue)
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
