@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     d, how = resolve_model(args.model)
     t0 = time.time()
     res = {"machine": machine(), "model_choice": how,
-           "command": "python -m bench.gpu " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+           "command": "python -m bench.gpu " + " ".join(argv if argv is not None else sys.argv[1:])}
     configs = [tuple(c.split(":")) for c in args.configs] if args.configs else None
     res |= run(d, args.flops_from, max_s=args.max_s, serve=not args.no_serve, batches=args.batches,
                partial=Path(args.out).with_suffix(".partial.json"), configs=configs,

@@ -155,6 +155,11 @@ class TokenizerAPI(ls.LitAPI):
         step = self.ort_batch or n
         return [slice(i, i + step) for i in range(0, n, step)]
 
+    def encode_items(self, mid: str, items: list[dict]) -> np.ndarray:
+        """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
+        batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
+        return np.concatenate([tok.encode_array(batch[c]) for c in self.chunks(len(batch))])
+
     def count(self, mid: str, images: int, codes: int) -> None:
         metrics.get().images.labels(self.api_path, mid).inc(images)
         metrics.get().codes.labels(self.api_path, mid).inc(codes)
@@ -194,8 +199,7 @@ class EncodeAPI(TokenizerAPI):
         return await self.parse_image(request, ("json", "npy"))
 
     def run_group(self, mid: str, items: list[dict]) -> list[dict]:
-        batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
-        codes = np.concatenate([tok.encode_array(batch[c]) for c in self.chunks(len(batch))])
+        codes = self.encode_items(mid, items)
         entry, out = self.registry.models[mid], []
         for item, grid in zip(items, codes):
             h, w = grid.shape
@@ -250,8 +254,7 @@ class ReconstructAPI(TokenizerAPI):
         return await self.parse_image(request, ("png", "json"))
 
     def run_group(self, mid: str, items: list[dict]) -> list[dict]:
-        batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
-        codes = np.concatenate([tok.encode_array(batch[c]) for c in self.chunks(len(batch))])
+        codes, tok = self.encode_items(mid, items), self.models[mid]
         images = np.concatenate([tok.decode(codes[c]) for c in self.chunks(len(codes))])
         self.count(mid, len(items), int(codes.size))
         return [image_reply(mid, img[: it["valid"][0], : it["valid"][1]], it["format"])
