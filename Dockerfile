@@ -21,7 +21,7 @@ COPY . .
 # The serving install only: the base dependencies + the `serve` extra. Fail the build if torch slipped in.
 RUN pip install ".[serve]" \
  && python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)" \
- && python -c "import server.app, server.client, export.runtime"
+ && python -c "import vqtok.server.app, vqtok.server.client, vqtok.export.runtime"
 
 FROM ${BASE_IMAGE}
 RUN apt-get update \

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, how = TINY, "tiny test fixture (smoke)"
     else:
         model_dir, how = resolve_model(args.model)
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     tok = OnnxTokenizer.from_dir(model_dir)
     graph_files = f"{Path(tok.encoder._model_path).name}, {Path(tok.decoder._model_path).name}"
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     run("training", training_section)
 
     def pipeline_section() -> dict:
-        from pipeline import bench as pbench
+        from vqtok.pipeline import bench as pbench
 
         return pbench.main([str(REPO / "tests" / "fixtures" / "photos"), "--model", str(model_dir), "--batch-size",
                             str(cfg["pipeline_batch"]), "--images", str(cfg["pipeline_images"]), "--rounds",

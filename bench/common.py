@@ -140,7 +140,7 @@ def percentile(values: list[float], q: float) -> float:
 # -- the model under test ----------------------------------------------------------------------------------------
 def default_model_dir() -> Path | None:
     """The shipped default model when its graphs are there."""
-    from tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR
+    from vqtok.tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR
 
     d = WEIGHTS_DIR / DEFAULT_MODEL
     need = ("config.json", "model.safetensors", "encoder.onnx", "decoder.onnx")
@@ -150,15 +150,15 @@ def default_model_dir() -> Path | None:
 def random_default_model(cache: Path = CACHE) -> Path:
     """A random-init model of the shipped default config, exported like `vqtok export` (speed does not depend on
     the weight values). Built once and cached."""
-    from tokenizer.hub import DEFAULT_MODEL
+    from vqtok.tokenizer.hub import DEFAULT_MODEL
 
     d = cache / f"{DEFAULT_MODEL}-random-init"
     if all((d / n).is_file() for n in ("config.json", "model.safetensors", "encoder.onnx", "decoder.onnx")):
         return d
     import torch
 
-    from export.onnx import export_model
-    from tokenizer.model import Tokenizer, TokenizerConfig
+    from vqtok.export.onnx import export_model
+    from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
 
     torch.manual_seed(0)
     model = Tokenizer(TokenizerConfig(model_id=f"{DEFAULT_MODEL}-random-init")).eval()
@@ -177,7 +177,7 @@ def resolve_model(spec: str | None) -> tuple[Path, str]:
     """(model folder, how it was chosen): an explicit folder/id, else the shipped default, else a random-init copy
     of the default config."""
     if spec:
-        from tokenizer.hub import resolve_model_dir
+        from vqtok.tokenizer.hub import resolve_model_dir
 
         return resolve_model_dir(spec), "given"
     shipped = default_model_dir()

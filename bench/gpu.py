@@ -72,7 +72,7 @@ def throughput(model_dir: Path, flops: dict, batches: list[int], size: int, max_
                budget_s: float = 200.0, configs: list[tuple[str, str]] | None = None) -> list[dict]:
     """Rows per (precision, provider variant, graph, batch); cells past `budget_s` are recorded as skipped (the
     first run of each shape includes cuDNN's exhaustive algorithm search, which can take seconds)."""
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     from .model_speed import _inputs
 

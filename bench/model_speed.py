@@ -27,8 +27,8 @@ def count_flops(model_dir: Path, size: int) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from export.onnx import DecoderGraph, EncoderGraph
-    from tokenizer.model import Tokenizer
+    from vqtok.export.onnx import DecoderGraph, EncoderGraph
+    from vqtok.tokenizer.model import Tokenizer
 
     model = Tokenizer.from_pretrained(model_dir)
     f = model.config.factor
@@ -50,8 +50,8 @@ def count_flops(model_dir: Path, size: int) -> dict:
 def _torch_runner(model_dir: Path, device: str):
     import torch
 
-    from export.onnx import DecoderGraph, EncoderGraph
-    from tokenizer.model import Tokenizer
+    from vqtok.export.onnx import DecoderGraph, EncoderGraph
+    from vqtok.tokenizer.model import Tokenizer
 
     model = Tokenizer.from_pretrained(model_dir)
     dev = torch.device(device)
@@ -86,7 +86,7 @@ def throughput(model_dir: Path, batches: list[int], size: int, flops: dict, devi
 
     With `probe_n` (CPU), the MatMul probes (ORT and torch, n×n fp32) run inside the same interleaved rounds as
     each cell, and each row carries `probe_gflops`: the limit measured under the very load the row saw."""
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     rows: list[dict] = []
     backends: dict[str, object] = {}

@@ -55,7 +55,7 @@ def profile_graph(path: Path, feed: dict[str, np.ndarray], runs: int = 3, thread
 
 def profile(model_dir: Path, batch: int = 8, size: int = 256, flops: dict | None = None, runs: int = 3,
             threads: int | None = None) -> dict:
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     tok = OnnxTokenizer.from_dir(model_dir, threads=threads)
     enc_path = Path(tok.encoder._model_path)

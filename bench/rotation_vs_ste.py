@@ -35,9 +35,9 @@ SMOKE = dict(model=dict(base_channels=8, channel_mult=[1, 2, 2], num_res_blocks=
 
 def train_and_eval(spec: dict, data: str, run_dir: Path, codebook: str, arm: str, seed: int, threads: int,
                    nets: tuple) -> dict:
-    from tokenizer.eval import evaluate
-    from tokenizer.model import Tokenizer
-    from tokenizer.train import TrainConfig, train
+    from vqtok.tokenizer.eval import evaluate
+    from vqtok.tokenizer.model import Tokenizer
+    from vqtok.tokenizer.train import TrainConfig, train
 
     done = run_dir / "result.json"
     if done.is_file():
@@ -63,7 +63,7 @@ def train_and_eval(spec: dict, data: str, run_dir: Path, codebook: str, arm: str
 
 def step_time_ratio(spec: dict, codebook: str, repeats: int, threads: int) -> dict:
     """Median time of forward+backward on one fixed batch, alternating rotation / STE on the same model."""
-    from tokenizer.model import Tokenizer, TokenizerConfig
+    from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one seed (fixture photos)")
     args = p.parse_args(argv)
 
-    from tokenizer.perceptual import PerceptualDistance
+    from vqtok.tokenizer.perceptual import PerceptualDistance
 
     spec = json.loads(json.dumps(SMOKE if args.smoke else STUDY))
     if args.steps:

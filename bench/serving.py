@@ -307,7 +307,7 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
     ({"label", "threads" (None: the server's default), "batch_timeout", "args": [extra `vqtok serve` flags],
     "cells": [(endpoint, C), ...]}) measured
     the same way, for the "why" behind a number (e.g. the batching window at concurrency 1)."""
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     threads = threads or cores()
     tok = OnnxTokenizer.from_dir(model_dir, device=device, threads=threads)

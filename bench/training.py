@@ -32,7 +32,7 @@ PHOTOS = REPO / "tests" / "fixtures" / "photos"
 
 def default_model_config(model_dir: Path | None = None) -> dict:
     """TokenizerConfig fields of the model under test (default: the default config)."""
-    from tokenizer.model import TokenizerConfig
+    from vqtok.tokenizer.model import TokenizerConfig
 
     if model_dir is not None and (model_dir / "config.json").is_file():
         cfg = TokenizerConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
@@ -49,7 +49,7 @@ def step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads
     import torch
 
     from bench.rotation_vs_ste import step_time_ratio
-    from tokenizer.model import Tokenizer, TokenizerConfig
+    from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
 
     threads = threads or cores()
     old = torch.get_num_threads()

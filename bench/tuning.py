@@ -35,7 +35,7 @@ def _graph_pair(d: Path) -> tuple[Path, Path]:
 
 
 def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[str, tuple]:
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     tok = OnnxTokenizer.from_dir(model_dir)
     out = {"runtime default": (tok.encoder, tok.decoder)}
@@ -57,7 +57,7 @@ def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[st
 
 def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0, max_rounds: int = 4,
            compare: dict[str, Path] | None = None) -> dict:
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     meta = OnnxTokenizer.from_dir(model_dir).metadata
     rng = np.random.default_rng(0)

@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from export.graph_rewrite import fuse_group_norm_affine
-from tokenizer.model import AttnBlock, Tokenizer
+from vqtok.export.graph_rewrite import fuse_group_norm_affine
+from vqtok.tokenizer.model import AttnBlock, Tokenizer
 
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 DEFAULT_OPSET = 18
@@ -113,7 +113,7 @@ class DecoderGraph(nn.Module):
 def _load(model_or_dir: Tokenizer | str | Path) -> tuple[Tokenizer, str]:
     if isinstance(model_or_dir, Tokenizer):  # a CPU eval copy: the caller's model (maybe training) is untouched
         return copy.deepcopy(model_or_dir).cpu().eval(), model_or_dir.config.model_id or "unnamed"
-    from tokenizer.hub import resolve_model_dir
+    from vqtok.tokenizer.hub import resolve_model_dir
 
     directory = resolve_model_dir(model_or_dir)
     model = Tokenizer.from_pretrained(directory)
@@ -196,7 +196,7 @@ def export_model(model_or_dir: Tokenizer | str | Path, out_dir: str | Path | Non
     if out_dir is None:
         if not isinstance(model_or_dir, (str, Path)):
             raise ValueError("pass out_dir when exporting an in-memory model")
-        from tokenizer.hub import resolve_model_dir
+        from vqtok.tokenizer.hub import resolve_model_dir
 
         out_dir = resolve_model_dir(model_or_dir)
     out = Path(out_dir)
@@ -253,7 +253,7 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def graph_matches_weights(model_dir: str | Path) -> bool:
     """True when the committed graphs in `model_dir` carry the codebook sha256 of its model.safetensors."""
-    from tokenizer.hub import read_codebook_sha256
+    from vqtok.tokenizer.hub import read_codebook_sha256
 
     d = Path(model_dir)
     sha = read_codebook_sha256(d)
@@ -274,7 +274,7 @@ def _fit(path: Path, height: int, width: int) -> np.ndarray:
     """Photo → uint8 [height, width, 3]: scale to cover, centre crop (the `resize` policy, for any aspect)."""
     from PIL import Image
 
-    from tokenizer.preprocess import open_image
+    from vqtok.tokenizer.preprocess import open_image
 
     img = open_image(path)
     scale = max(height / img.height, width / img.width)
@@ -287,7 +287,7 @@ def _fit(path: Path, height: int, width: int) -> np.ndarray:
 @torch.no_grad()
 def _torch_distances(model: Tokenizer, images: np.ndarray) -> torch.Tensor:
     """fp32 distances [B, h, w, K] exactly as `Tokenizer.encode` computes them before its argmin."""
-    from tokenizer.model import to_model_range
+    from vqtok.tokenizer.model import to_model_range
 
     z = model.quant_proj(model.encoder(to_model_range(torch.from_numpy(images))))
     b, d, h, w = z.shape
@@ -328,7 +328,7 @@ def _code_parity(model: Tokenizer, tok, images: np.ndarray, names: list[str], ba
 
 
 def _to_range(images: np.ndarray) -> torch.Tensor:
-    from tokenizer.model import to_model_range
+    from vqtok.tokenizer.model import to_model_range
 
     return to_model_range(torch.from_numpy(np.ascontiguousarray(images)))
 
@@ -351,10 +351,10 @@ def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | No
 
     import onnxruntime as ort
 
-    from export.runtime import OnnxTokenizer
-    from tokenizer.data import list_images
-    from tokenizer.hub import read_codebook_sha256, resolve_model_dir
-    from tokenizer.model import to_uint8
+    from vqtok.export.runtime import OnnxTokenizer
+    from vqtok.tokenizer.data import list_images
+    from vqtok.tokenizer.hub import read_codebook_sha256, resolve_model_dir
+    from vqtok.tokenizer.model import to_uint8
 
     d = resolve_model_dir(model_dir)
     model = Tokenizer.from_pretrained(d)

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tokenizer.hub import resolve_model_dir
-from tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
+from vqtok.tokenizer.hub import resolve_model_dir
+from vqtok.tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
 
 _NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
 _OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}

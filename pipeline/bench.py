@@ -1,6 +1,6 @@
 """Local-engine throughput vs raw ONNX Runtime encode throughput, same model, batch size and images, one process.
 
-    python -m pipeline.bench SRC --model MODEL [--batch-size 32] [--images 512] [--device cpu] [--workers N]
+    python -m vqtok.pipeline.bench SRC --model MODEL [--batch-size 32] [--images 512] [--device cpu] [--workers N]
 
 Raw: `OnnxTokenizer.encode_array` on one already-prepared batch, called repeatedly (no decoding, no I/O), on the
 pipeline's session settings and on ORT's defaults; the faster of the two is the comparator.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=2, help="pipeline runs, each between two raw runs (medians)")
     args = ap.parse_args(argv)
 
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     from .run import tokenize_dataset
     from .sources import list_source

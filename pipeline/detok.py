@@ -33,10 +33,10 @@ def read_rows(dst: Path, rows: list[int]) -> tuple[dict, list[dict]]:
 def detokenize_rows(dst: Path, rows: list[int], out_dir: Path, model: str | None = None,
                     device: str = "cpu") -> list[Path]:
     """Decode `rows` to `out_dir/<row>_<key>.png`; native-policy rows are cropped back to the original size."""
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     m, records = read_rows(dst, rows)
-    from tokenizer.hub import resolve_model_dir
+    from vqtok.tokenizer.hub import resolve_model_dir
 
     if model is None:  # the folder the dataset was made with, else the shipped model of that id
         src = m.get("model_source")

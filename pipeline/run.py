@@ -19,12 +19,12 @@ def model_info(model: str) -> dict:
     """What the manifest records about the model, read from encoder.onnx's metadata (no session is created)."""
     import onnx
 
-    from tokenizer.hub import resolve_model_dir
+    from vqtok.tokenizer.hub import resolve_model_dir
 
     d = resolve_model_dir(model)
     if not (d / "encoder.onnx").is_file():
         raise FileNotFoundError(f"{d} has no encoder.onnx; export the model first (`vqtok export {model}`)")
-    from export.runtime import ModelMetadata
+    from vqtok.export.runtime import ModelMetadata
 
     m = ModelMetadata.from_props({p.key: p.value for p in
                                   onnx.load(str(d / "encoder.onnx"), load_external_data=False).metadata_props})

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
+from vqtok.tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
 
 from .sources import Item, read_bytes
 
@@ -83,7 +83,7 @@ SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 def load_tokenizer(model: str, device: str = "cpu", threads: int | None = None) -> Any:
     """The `OnnxTokenizer` both engines encode with: `model`'s graphs with the pipeline's session settings."""
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     return OnnxTokenizer.from_dir(model, device=device, threads=threads, session_config=SESSION_CONFIG)
 

@@ -1,7 +1,7 @@
 """The vqtok tokenizer server (LitServe + ONNX Runtime, no torch) and its Python client.
 
 `server.app` builds and runs the server (`vqtok serve`); `server.client` talks to it. Importing this package
-imports neither (nor torch): `from server.client import Client`.
+imports neither (nor torch): `from vqtok.server.client import Client`.
 """
 from __future__ import annotations
 
@@ -17,4 +17,4 @@ def __getattr__(name: str):
         from . import app
 
         return getattr(app, name)
-    raise AttributeError(f"module 'server' has no attribute {name!r}")
+    raise AttributeError(f"module 'vqtok.server' has no attribute {name!r}")

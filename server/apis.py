@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from tokenizer.preprocess import POLICIES
+from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
@@ -77,7 +77,7 @@ class TokenizerAPI(ls.LitAPI):
 
     # -- worker half ------------------------------------------------------------------------------------------------
     def setup(self, device: str) -> None:
-        from export.runtime import OnnxTokenizer
+        from vqtok.export.runtime import OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
         name_process(f"vq-{self.endpoint}")  # before ORT starts its threads, which inherit the name

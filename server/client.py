@@ -1,6 +1,6 @@
 """Python client for the vqtok server (sync `Client` and async `AsyncClient`, both over httpx).
 
-    from server.client import Client
+    from vqtok.server.client import Client
     with Client("http://127.0.0.1:8000", api_key=None) as c:
         codes = c.encode("photo.jpg")        # int64 [h, w]
         image = c.decode(codes)              # PIL.Image

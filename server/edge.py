@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
-from export.runtime import InvalidCodes, validate_codes
-from tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
+from vqtok.export.runtime import InvalidCodes, validate_codes
+from vqtok.tokenizer.preprocess import ImageTooLarge, InvalidImage, prepare
 
 from .errors import ApiError, bad_request
 from .registry import ModelEntry, Registry, UnknownModel

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR, is_model_id
+from vqtok.tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR, is_model_id
 
 logger = logging.getLogger("vqtok.server")
 GRAPHS = ("encoder.onnx", "decoder.onnx")
@@ -40,7 +40,7 @@ def read_entry(model_id: str, folder: Path) -> ModelEntry:
     """Read a model folder's ONNX metadata (validated by `export.runtime.ModelMetadata`)."""
     import onnx
 
-    from export.runtime import ModelMetadata
+    from vqtok.export.runtime import ModelMetadata
 
     props = {p.key: p.value for p in onnx.load(str(folder / GRAPHS[0]), load_external_data=False).metadata_props}
     meta = ModelMetadata.from_props(props)

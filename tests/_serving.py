@@ -122,6 +122,6 @@ def session_pids(sid: int) -> set[int]:
 
 
 def local_tokenizer(model_dir: Path):
-    from export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import OnnxTokenizer
 
     return OnnxTokenizer.from_dir(model_dir, threads=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenizer.model import Tokenizer, TokenizerConfig
+from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from _serving import PHOTOS, REPO, LiveServer, free_port, local_tokenizer, models_dir
-from server.client import (AsyncClient, BadRequest, Client, InvalidCodes, ModelNotFound, PayloadTooLarge,
+from vqtok.server.client import (AsyncClient, BadRequest, Client, InvalidCodes, ModelNotFound, PayloadTooLarge,
                            ServerUnavailable, Unauthorized, UnsupportedImage)
 
 KEY = "client-key"

@@ -12,9 +12,9 @@ from PIL import Image
 from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from tokenizer.eval import bits_per_pixel, evaluate, frechet_distance, psnr, ssim
-from tokenizer.model import Tokenizer, TokenizerConfig, to_model_range
-from tokenizer.preprocess import prepare
+from vqtok.tokenizer.eval import bits_per_pixel, evaluate, frechet_distance, psnr, ssim
+from vqtok.tokenizer.model import Tokenizer, TokenizerConfig, to_model_range
+from vqtok.tokenizer.preprocess import prepare
 
 PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos"
 SIZE = 64

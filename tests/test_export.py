@@ -9,10 +9,10 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import export_model, read_metadata
-from export.runtime import OnnxTokenizer
-from tokenizer.hub import WEIGHTS_DIR, list_models, read_codebook_sha256
-from tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8
+from vqtok.export.onnx import export_model, read_metadata
+from vqtok.export.runtime import OnnxTokenizer
+from vqtok.tokenizer.hub import WEIGHTS_DIR, list_models, read_codebook_sha256
+from vqtok.tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny-model"
@@ -156,7 +156,7 @@ def test_fp32_group_norm_affine_is_one_batch_norm(exported):
     one kernel or two may round differently, never by more than one grey level)."""
     import onnxruntime as ort
 
-    from export.graph_rewrite import fuse_group_norm_affine
+    from vqtok.export.graph_rewrite import fuse_group_norm_affine
 
     _, out = exported
     proto = onnx.load(str(out / "decoder.onnx"))
@@ -173,7 +173,7 @@ def test_fp32_group_norm_affine_is_one_batch_norm(exported):
     torch.manual_seed(4)
     for p in model.parameters():  # non-trivial γ and β
         p.data.add_(0.1 * torch.randn_like(p))
-    from export.onnx import DecoderGraph
+    from vqtok.export.onnx import DecoderGraph
 
     codes = torch.randint(0, 64, (2, 6, 5), dtype=torch.int32)
     plain = torch.onnx.export(DecoderGraph(model).eval(), (codes,), dynamo=True, input_names=["codes"]).model_proto
@@ -187,7 +187,7 @@ def test_fp32_group_norm_affine_is_one_batch_norm(exported):
 
 def test_verify_report_on_fixture_photos(exported):
     """All parity checks on the committed photos (S² and a non-square size), with fp16, reports written."""
-    from export.onnx import verify
+    from vqtok.export.onnx import verify
 
     _, out = exported
     r = verify(out, PHOTOS)
@@ -207,7 +207,7 @@ def test_verify_report_on_fixture_photos(exported):
 
 def test_verify_catches_graphs_of_other_weights(exported, tmp_path):
     """Graphs exported from different weights fail the report (so the checks can fail)."""
-    from export.onnx import verify
+    from vqtok.export.onnx import verify
 
     _, out = exported
     torch.manual_seed(2)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import tokenizer.hub as hub
-from tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8
+import vqtok.tokenizer.hub as hub
+from vqtok.tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8
 
 
 def make_model(cfg: dict, seed: int = 0, **kw) -> Tokenizer:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tokenizer.preprocess import Crop, ImageTooLarge, InvalidImage, open_image, prepare, restore, to_rgb
+from vqtok.tokenizer.preprocess import Crop, ImageTooLarge, InvalidImage, open_image, prepare, restore, to_rgb
 
 
 def rgb(src) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokenizer.quantizer import VectorQuantizer, codebook_stats, rotation_trick, straight_through
+from vqtok.tokenizer.quantizer import VectorQuantizer, codebook_stats, rotation_trick, straight_through
 
 
 def explicit_rotation(e: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, float]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.runtime import InvalidCodes, OnnxTokenizer, validate_codes
+from vqtok.export.runtime import InvalidCodes, OnnxTokenizer, validate_codes
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny-model"
@@ -23,7 +23,7 @@ def tok() -> OnnxTokenizer:
 
 
 def test_import_is_torch_free():
-    code = ("import sys, export, export.runtime; from export import OnnxTokenizer; "
+    code = ("import sys, vqtok.export, vqtok.export.runtime; from vqtok import OnnxTokenizer; "
             f"t = OnnxTokenizer.from_dir({str(TINY)!r}); t.decode(t.encode(np.zeros((64, 64, 3), np.uint8))); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", "import numpy as np; " + code], check=True)
@@ -35,7 +35,7 @@ def test_metadata_matches_config(tok):
     assert (m.model_id, m.factor, m.codebook_size, m.code_dim, m.image_size) == ("tiny-test", 4, 64, 4, 64)
     assert m.codebook_size == cfg["codebook_size"] and m.factor == 2 ** (len(cfg["channel_mult"]) - 1)
     assert len(m.codebook_sha256) == 64 and m.max_side >= m.image_size
-    from tokenizer.hub import read_codebook_sha256
+    from vqtok.tokenizer.hub import read_codebook_sha256
 
     assert m.codebook_sha256 == read_codebook_sha256(TINY)
 
@@ -149,7 +149,7 @@ def test_session_config_reaches_ort_and_keeps_results(tok):
 
 @pytest.mark.parametrize("raw, match", [("{bad", "JSON object of CUDA provider options"), ("[1]", "JSON object")])
 def test_cuda_options_env_is_checked(monkeypatch, raw, match):
-    from export.runtime import _env_cuda_options
+    from vqtok.export.runtime import _env_cuda_options
 
     monkeypatch.setenv("VQTOK_ORT_CUDA_OPTIONS", raw)
     with pytest.raises(ValueError, match=match):

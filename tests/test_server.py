@@ -33,7 +33,7 @@ def client(models):
     from fastapi.testclient import TestClient
     from litserve.utils import wrap_litserve_start
 
-    from server.app import Settings, build_server
+    from vqtok.server.app import Settings, build_server
 
     root = models
     settings = Settings(api_key=KEY, max_batch_size=8, batch_timeout=0.02, max_pixels=MAX_PIXELS, max_body_mb=1.0,
@@ -55,7 +55,7 @@ def tok(models):
 def test_health_is_open_and_models_lists_the_registry(client, models):
     assert client.get("/health", headers={"X-API-Key": ""}).status_code == 200
     listing = client.get("/v1/models").json()
-    from tokenizer.hub import read_codebook_sha256
+    from vqtok.tokenizer.hub import read_codebook_sha256
 
     assert listing["default"] == "tiny-a"
     assert [(m["id"], m["default"]) for m in listing["models"]] == [("tiny-a", True), ("tiny-b", False)]
@@ -253,7 +253,7 @@ def test_metrics_dirs_of_killed_servers_are_removed(monkeypatch, tmp_path):
     import os
     import tempfile
 
-    from server import metrics
+    from vqtok.server import metrics
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead, alive = tmp_path / "vqtok-metrics-999999999-abc", tmp_path / f"vqtok-metrics-{os.getpid()}-abc"
@@ -266,7 +266,7 @@ def test_metrics_dirs_of_killed_servers_are_removed(monkeypatch, tmp_path):
 def setup_here(api) -> None:
     """`api.setup("cpu")` in this process, as in a worker; undo what it does to a worker process (ignoring SIGINT,
     the process name)."""
-    from server.apis import name_process
+    from vqtok.server.apis import name_process
 
     sigint, comm = signal.getsignal(signal.SIGINT), Path("/proc/self/comm")
     name = comm.read_text().strip() if comm.exists() else ""
@@ -280,9 +280,9 @@ def setup_here(api) -> None:
 
 def test_a_failing_item_does_not_fail_its_batch(tmp_path):
     """Inside the worker: if one item of a batch makes ONNX Runtime fail, only that item gets an error."""
-    from server.apis import EncodeAPI
-    from server.edge import Limits
-    from server.registry import Registry
+    from vqtok.server.apis import EncodeAPI
+    from vqtok.server.edge import Limits
+    from vqtok.server.registry import Registry
 
     root = models_dir(tmp_path)
     api = EncodeAPI(Registry.scan(root), Limits(2**20, 10**6), max_batch_size=8, threads=1)
@@ -303,11 +303,11 @@ def test_a_failing_item_does_not_fail_its_batch(tmp_path):
 def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
     """A decode worker holds no encoder session (and vice versa); CPU sessions run without ORT's memory pattern, in
     one shared arena."""
-    import server.apis
-    from server.edge import Limits
-    from server.registry import Registry
+    import vqtok.server.apis
+    from vqtok.server.edge import Limits
+    from vqtok.server.registry import Registry
 
-    api = getattr(server.apis, name)(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), threads=1)
+    api = getattr(vqtok.server.apis, name)(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6), threads=1)
     setup_here(api)
     tok = api.models["tiny-a"]
     assert tok.graphs == graphs
@@ -320,9 +320,9 @@ def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
 
 
 def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
-    from server.apis import DecodeAPI, ReconstructAPI
-    from server.edge import Limits
-    from server.registry import Registry
+    from vqtok.server.apis import DecodeAPI, ReconstructAPI
+    from vqtok.server.edge import Limits
+    from vqtok.server.registry import Registry
 
     registry, tok = Registry.scan(models_dir(tmp_path)), local_tokenizer(tmp_path / "models" / "tiny-a")
     images = ([tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]] * 2)[:5]  # 5 items: chunks of 2, 2, 1
@@ -343,7 +343,7 @@ def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
 def test_workers_are_named_by_endpoint():
-    code = "from server.apis import name_process; name_process('vq-reconstruct'); print(open('/proc/self/comm').read())"
+    code = "from vqtok.server.apis import name_process; name_process('vq-reconstruct'); print(open('/proc/self/comm').read())"
     out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True).stdout
     assert out.strip() == "vq-reconstruct"
 
@@ -357,9 +357,9 @@ class _NoTorch:
         if name == "torch" or name.startswith("torch."):
             raise ImportError("torch is blocked in this test")
 sys.meta_path.insert(0, _NoTorch())
-import server, server.app, server.client, server.apis, server.edge, server.metrics
-import vqtok.cmd_serve, vqtok.cmd_encode, vqtok.cmd_decode, vqtok.cmd_reconstruct
-from server import Client, build_server
+import vqtok.server, vqtok.server.app, vqtok.server.client, vqtok.server.apis, vqtok.server.edge, vqtok.server.metrics
+import vqtok.cli.serve, vqtok.cli.encode, vqtok.cli.decode, vqtok.cli.reconstruct
+from vqtok.server import Client, build_server
 assert "torch" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from server.app import Settings, default_workers, threads_per_worker
+from vqtok.server.app import Settings, default_workers, threads_per_worker
 
 
 def test_cpu_workers_share_the_cores():
@@ -25,8 +25,8 @@ def test_fast_queue_selects_the_fixed_zeromq_transport():
 
     import litserve.server as ls_server
 
-    from server import transport
-    from server.app import build_server
+    from vqtok.server import transport
+    from vqtok.server.app import build_server
 
     fixtures = Path(__file__).resolve().parent / "fixtures"
     plain = build_server(fixtures, ["tiny-model"], settings=Settings())

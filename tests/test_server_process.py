@@ -147,7 +147,7 @@ def test_zz_sigterm_finishes_in_flight_requests_and_leaves_no_process(live, tok)
 
 def test_serve_without_arguments_uses_the_shipped_default(tmp_path):
     """`vqtok serve` alone: every model under the weights folder, DEFAULT_MODEL as default, CPU, loopback."""
-    from tokenizer.hub import DEFAULT_MODEL
+    from vqtok.tokenizer.hub import DEFAULT_MODEL
 
     weights = models_dir(tmp_path, (DEFAULT_MODEL, "other-model"))
     srv = LiveServer([], env={"VQTOK_WEIGHTS_DIR": str(weights)}, log=tmp_path / "serve.log")

@@ -20,8 +20,11 @@ except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-SOURCES = ["pyproject.toml", "README.md", *PACKAGES]  # what the Docker build context holds (.dockerignore)
+_SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+# the repository folders the installed packages come from (`vqtok.server` is built from server/, ...)
+FOLDERS = sorted({_SETUPTOOLS["package-dir"].get(p, p.replace(".", "/")).split("/")[0]
+                  for p in _SETUPTOOLS["packages"]})
+SOURCES = ["pyproject.toml", "README.md", *FOLDERS]  # what the Docker build context holds (.dockerignore)
 TESTS = ["conftest.py", "_serving.py", "test_server.py", "test_server_process.py", "test_client.py"]
 opt_in = pytest.mark.skipif(os.environ.get("VQTOK_TEST_SERVING_INSTALL") != "1",
                             reason="set VQTOK_TEST_SERVING_INSTALL=1 (installs from PyPI into a fresh venv)")
@@ -63,10 +66,10 @@ def test_serving_install_has_no_torch_and_passes_the_server_tests(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = str(venv / "bin" / "python")
     subprocess.run([py, "-m", "pip", "install", "-q", f"{src}[serve,dev]"], check=True, env=env, cwd=tmp_path)
-    probe = ("import importlib.util as u, sys, server, export.runtime; "
+    probe = ("import importlib.util as u, sys, vqtok.server, vqtok.export.runtime; "
              "sys.exit('torch is installed' if u.find_spec('torch') else 0); ")
     subprocess.run([py, "-c", probe], check=True, env=env, cwd=suite)
-    r = subprocess.run([py, "-c", "import server; print(server.__file__)"], check=True, env=env, cwd=suite,
+    r = subprocess.run([py, "-c", "import vqtok.server; print(vqtok.server.__file__)"], check=True, env=env, cwd=suite,
                        capture_output=True, text=True)
     assert str(venv) in r.stdout, f"the tests must import the installed package, not {r.stdout}"
     tests = [f"tests/{t}" for t in TESTS if t.startswith("test_")]

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from export.runtime import OnnxTokenizer
-from pipeline.manifest import verify
-from pipeline.run import tokenize_dataset
-from pipeline.sources import expand_braces, list_source
-from pipeline.work import Prepared, ShapeBatcher
+from vqtok.export.runtime import OnnxTokenizer
+from vqtok.pipeline.manifest import verify
+from vqtok.pipeline.run import tokenize_dataset
+from vqtok.pipeline.sources import expand_braces, list_source
+from vqtok.pipeline.work import Prepared, ShapeBatcher
 from vqtok.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -228,7 +228,7 @@ def test_undecodable_file_name_is_stored_escaped(tmp_path):
 
 
 def test_size_option(tmp_path, tok):
-    from tokenizer.preprocess import prepare
+    from vqtok.tokenizer.preprocess import prepare
 
     tokenize_dataset(str(FIXTURES / "photos"), tmp_path / "out", TINY, size=32, progress=False)
     r = read_rows(tmp_path / "out")[0]
@@ -243,7 +243,7 @@ def test_size_option(tmp_path, tok):
 
 def test_pipeline_session_gives_the_same_codes(tok):
     """The engines encode without ORT spin-waiting (`load_tokenizer`): a scheduling setting, never other codes."""
-    from pipeline.work import load_tokenizer
+    from vqtok.pipeline.work import load_tokenizer
 
     paths = [str(p) for p in PHOTOS]
     assert np.array_equal(load_tokenizer(TINY).encode(paths), tok.encode(paths))
@@ -251,7 +251,7 @@ def test_pipeline_session_gives_the_same_codes(tok):
 
 def test_bench_comparator_is_the_faster_raw_session():
     """`pipeline.bench` compares against the faster of ORT's default session and the pipeline's own."""
-    from pipeline import bench
+    from vqtok.pipeline import bench
 
     out = bench.main([str(FIXTURES / "photos"), "--model", TINY, "--batch-size", "4", "--images", "8", "--rounds",
                       "1"])

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.manifest import verify
+from vqtok.pipeline.manifest import verify
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny-model")
 N_IMAGES, SHARD = 100, 2

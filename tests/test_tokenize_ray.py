@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import verify
-from pipeline.run import tokenize_dataset
+from vqtok.pipeline.manifest import verify
+from vqtok.pipeline.run import tokenize_dataset
 
 ray = pytest.importorskip("ray")
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.run import tokenize_dataset
+from vqtok.pipeline.run import tokenize_dataset
 
 pytest.importorskip("litserve")
 
@@ -22,7 +22,7 @@ def test_dataset_codes_equal_server_codes(tmp_path):
     from fastapi.testclient import TestClient
     from litserve.utils import wrap_litserve_start
 
-    from server.app import build_server
+    from vqtok.server.app import build_server
 
     src = tmp_path / "src"
     src.mkdir()

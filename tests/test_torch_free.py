@@ -12,11 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-MODULES = ["tokenizer", "tokenizer.preprocess", "tokenizer.hub"]
-for _mod, _file in [("export.runtime", "export/runtime.py"), ("server", "server/__init__.py"),
-                    ("server.client", "server/client.py"), ("server.app", "server/app.py"), ("vqtok.cli", "vqtok/cli.py")]:
-    if (REPO / _file).is_file():
-        MODULES.append(_mod)
+MODULES = ["vqtok", "vqtok.tokenizer", "vqtok.tokenizer.preprocess", "vqtok.tokenizer.hub", "vqtok.export",
+           "vqtok.export.runtime", "vqtok.server", "vqtok.server.client", "vqtok.server.app", "vqtok.cli",
+           "vqtok.pipeline", "vqtok.pipeline.run", "vqtok.pipeline.work", "vqtok.pipeline.local",
+           "vqtok.pipeline.detok"]
 
 BLOCK_TORCH = textwrap.dedent("""
     import sys
@@ -52,9 +51,9 @@ def probe(prelude: str, modules: list[str], env: dict) -> dict:
 
 
 def test_blocker_really_blocks_torch(subprocess_env):
-    result = probe(BLOCK_TORCH, ["torch", "tokenizer.model"], subprocess_env)
+    result = probe(BLOCK_TORCH, ["torch", "vqtok.tokenizer.model"], subprocess_env)
     assert result["torch"].startswith("ImportError") and "blocked" in result["torch"]
-    assert result["tokenizer.model"].startswith("ImportError")
+    assert result["vqtok.tokenizer.model"].startswith("ImportError")
 
 
 @pytest.mark.parametrize("blocked", [True, False], ids=["torch-unimportable", "torch-installed"])
@@ -68,7 +67,7 @@ def test_serving_modules_import_without_torch(subprocess_env, blocked):
 def test_lazy_model_attribute_needs_torch(subprocess_env):
     """`tokenizer.Tokenizer` loads torch on first use only; with torch missing it fails with ImportError."""
     code = BLOCK_TORCH + textwrap.dedent("""
-        import tokenizer
+        import vqtok.tokenizer as tokenizer
         assert "Tokenizer" in tokenizer.__all__
         try:
             tokenizer.Tokenizer

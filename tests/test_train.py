@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tokenizer.data import CropDataset, ResumableSampler, collate_skip_none, list_images
-from tokenizer.model import Tokenizer
-from tokenizer.train import TrainConfig, Trainer, _lr_factor
+from vqtok.tokenizer.data import CropDataset, ResumableSampler, collate_skip_none, list_images
+from vqtok.tokenizer.model import Tokenizer
+from vqtok.tokenizer.train import TrainConfig, Trainer, _lr_factor
 
 
 def write_corrupt(path: Path) -> Path:
@@ -110,7 +110,7 @@ def test_resume_is_bit_exact(tmp_path, photos, tiny_config, monkeypatch, caplog)
     opts = _resume_options(tiny_config)
 
     revived = []
-    from tokenizer.quantizer import VectorQuantizer
+    from vqtok.tokenizer.quantizer import VectorQuantizer
 
     real_revive = VectorQuantizer._revive_dead
 
@@ -123,7 +123,7 @@ def test_resume_is_bit_exact(tmp_path, photos, tiny_config, monkeypatch, caplog)
 
     # Uninterrupted run.
     full = tmp_path / "full"
-    from tokenizer.train import train
+    from vqtok.tokenizer.train import train
 
     caplog.set_level(logging.WARNING, logger="vqtok.data")
     train(TrainConfig.from_dict(opts | {"data": str(data / "manifest.tsv"), "out": str(full)}))
@@ -170,7 +170,7 @@ def test_resume_is_bit_exact(tmp_path, photos, tiny_config, monkeypatch, caplog)
 
 
 def test_resume_without_state_is_a_clear_error(tmp_path, tiny_config):
-    from tokenizer.train import train
+    from vqtok.tokenizer.train import train
 
     cfg = TrainConfig.from_dict(_resume_options(tiny_config) | {"data": str(tmp_path), "out": str(tmp_path / "x")})
     with pytest.raises(FileNotFoundError, match="train_state.pt"):
@@ -273,7 +273,7 @@ def test_lr_schedule_and_options():
 
 
 def test_cli_set_overrides():
-    from vqtok import cmd_train
+    from vqtok.cli import train as cmd_train
     from vqtok.cli import build_parser
 
     args = build_parser().parse_args(["train", "d", "--out", "o", "--steps", "7", "--gradient", "ste",

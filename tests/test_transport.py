@@ -8,7 +8,7 @@ import pickle
 import litserve.server as ls_server
 from litserve.transport.factory import TransportConfig
 
-from server import transport
+from vqtok.server import transport
 
 
 def test_a_reply_reaches_its_consumer():

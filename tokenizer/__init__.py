@@ -13,4 +13,4 @@ def __getattr__(name: str):
         from . import model
 
         return getattr(model, name)
-    raise AttributeError(f"module 'tokenizer' has no attribute {name!r}")
+    raise AttributeError(f"module 'vqtok.tokenizer' has no attribute {name!r}")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-timeout must be ≥ 0 and --max-body-mb > 0")
     import logging
 
-    from server.app import Settings, build_server, serve
+    from vqtok.server.app import Settings, build_server, serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(device=args.device, workers=args.workers, max_batch_size=args.max_batch_size,

@@ -20,7 +20,7 @@ def describe(model: str) -> dict:
     import numpy as np
     from safetensors.numpy import load_file
 
-    from tokenizer.hub import codebook_sha256, resolve_model_dir
+    from vqtok.tokenizer.hub import codebook_sha256, resolve_model_dir
 
     d = resolve_model_dir(model)
     out: dict = {"path": str(d)}
@@ -47,7 +47,7 @@ def describe(model: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tokenizer.hub import DEFAULT_MODEL, list_models
+    from vqtok.tokenizer.hub import DEFAULT_MODEL, list_models
 
     if args.list or not args.model:
         for mid in list_models():

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    from tokenizer.train import TrainConfig
+    from vqtok.tokenizer.train import TrainConfig
 
     opts: dict = json.loads(open(args.config).read()) if args.config else {}
     opts["data"], opts["out"] = args.data, args.out
@@ -55,7 +55,7 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from tokenizer.train import train
+    from vqtok.tokenizer.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train(build_config(args), resume=args.resume)

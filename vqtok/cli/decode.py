@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cmd_encode import add_backend_arguments, open_backend
+from .encode import add_backend_arguments, open_backend
 
 HELP = "Decode a code grid (.npy from `vqtok encode`) to a PNG, locally with ONNX Runtime or via a vqtok server."
 
@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from server.client import VqtokError
+    from vqtok.server.client import VqtokError
 
     codes = np.load(args.codes, allow_pickle=False)
     if codes.ndim == 3 and codes.shape[0] == 1:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from tokenizer.eval import evaluate, markdown_table, write_reports
+    from vqtok.tokenizer.eval import evaluate, markdown_table, write_reports
 
     if args.threads:
         torch.set_num_threads(args.threads)

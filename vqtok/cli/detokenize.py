@@ -32,7 +32,7 @@ def parse_rows(spec: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.detok import detokenize_rows
+    from vqtok.pipeline.detok import detokenize_rows
 
     written = detokenize_rows(Path(args.dst), parse_rows(args.rows), Path(args.output), args.model, args.device)
     for p in written:

@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from export.onnx import DEFAULT_OPSET, export_model, verify
-    from tokenizer.hub import resolve_model_dir
+    from vqtok.export.onnx import DEFAULT_OPSET, export_model, verify
+    from vqtok.tokenizer.hub import resolve_model_dir
 
     src = resolve_model_dir(args.model)
     out = Path(args.out) if args.out else src
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     report = verify(src, args.verify, graphs_dir=out, split=None if args.split == "all" else args.split, limit=args.limit,
                     device=args.device)
-    from export.onnx import markdown_report
+    from vqtok.export.onnx import markdown_report
 
     print(markdown_report(report))
     print(f"wrote {out / 'parity_report.json'} and {out / 'parity_report.md'}")

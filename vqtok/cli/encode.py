@@ -26,8 +26,8 @@ class LocalBackend:
     """ONNX Runtime in this process (`export.runtime.OnnxTokenizer`)."""
 
     def __init__(self, model: str | None, device: str) -> None:
-        from export.runtime import OnnxTokenizer
-        from tokenizer.hub import DEFAULT_MODEL
+        from vqtok.export.runtime import OnnxTokenizer
+        from vqtok.tokenizer.hub import DEFAULT_MODEL
 
         self.tok = OnnxTokenizer.from_dir(model or DEFAULT_MODEL, device=device)
         self.model = self.tok.metadata.model_id
@@ -57,7 +57,7 @@ class RemoteBackend:
     """A running server, through `server.client.Client`."""
 
     def __init__(self, url: str, model: str | None, api_key: str | None) -> None:
-        from server.client import Client
+        from vqtok.server.client import Client
 
         self.client, self.model = Client(url, api_key=api_key), model
 
@@ -97,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from server.client import VqtokError
+    from vqtok.server.client import VqtokError
 
     backend = open_backend(args)
     out = Path(args.output) if args.output else None

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         import pyarrow  # noqa: F401
     except ImportError:
         raise ValueError("tokenize needs pyarrow: pip install 'vqtok[data]'") from None
-    from pipeline.manifest import verify
-    from pipeline.run import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, tokenize_dataset
-    from tokenizer.hub import DEFAULT_MODEL
+    from vqtok.pipeline.manifest import verify
+    from vqtok.pipeline.run import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, tokenize_dataset
+    from vqtok.tokenizer.hub import DEFAULT_MODEL
 
     if args.verify:
         problems = verify(args.dst)

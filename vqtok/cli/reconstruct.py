@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cmd_encode import add_backend_arguments, open_backend
+from .encode import add_backend_arguments, open_backend
 
 HELP = "Encode then decode an image (locally or via a vqtok server); save the result and print its PSNR."
 
@@ -25,8 +25,8 @@ def psnr(a, b) -> float:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from server.client import VqtokError
-    from tokenizer.preprocess import prepare
+    from vqtok.server.client import VqtokError
+    from vqtok.tokenizer.preprocess import prepare
 
     backend = open_backend(args)
     try:

@@ -1,4 +1,4 @@
-"""`vqtok` command line. Each subcommand lives in `vqtok/cmd_<name>.py` with `HELP`, `add_arguments(parser)` and
+"""`vqtok` command line. Each subcommand lives in `vqtok/cli/<name>.py` with `HELP`, `add_arguments(parser)` and
 `run(args) -> int`; heavy imports (torch, onnxruntime, litserve) happen inside `run`, so `vqtok --help` is instant
 and the serving commands never import torch.
 """
@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from .. import __version__
 
 # name → module; a module that is missing (a subcommand not built yet) is skipped, not fatal.
 COMMANDS = ["info", "train", "eval", "export", "serve", "encode", "decode", "reconstruct", "tokenize", "detokenize"]
@@ -20,9 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"vqtok.cmd_{name}")
+            mod = importlib.import_module(f"vqtok.cli.{name}")
         except ModuleNotFoundError as err:
-            if err.name == f"vqtok.cmd_{name}":
+            if err.name == f"vqtok.cli.{name}":
                 continue
             raise
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
