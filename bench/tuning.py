@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vqtok.tokenizer.contract import graph_files
+
 from .common import cores, interleaved, resolve_model, session_options
 
 
@@ -30,8 +32,8 @@ def _sessions(enc: Path, dec: Path, level: str = "all", threads: int | None = No
 
 def _graph_pair(d: Path) -> tuple[Path, Path]:
     """A folder's CPU graphs: the ORT-optimised copies when it has both, else the plain ones."""
-    opt = d / "encoder.cpu-opt.onnx", d / "decoder.cpu-opt.onnx"
-    return opt if all(p.is_file() for p in opt) else (d / "encoder.onnx", d / "decoder.onnx")
+    opt = tuple(d / n for n in graph_files("fp32", optimized=True))
+    return opt if all(p.is_file() for p in opt) else tuple(d / n for n in graph_files())
 
 
 def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[str, tuple]:
@@ -39,7 +41,7 @@ def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[st
 
     tok = OnnxTokenizer.from_dir(model_dir)
     out = {"runtime default": (tok.encoder, tok.decoder)}
-    enc, dec = model_dir / "encoder.onnx", model_dir / "decoder.onnx"
+    enc, dec = (model_dir / n for n in graph_files())
     n = cores()
     out["plain, ALL, threads=cores"] = _sessions(enc, dec, "all", n)
     out["plain, EXTENDED"] = _sessions(enc, dec, "extended", n)
@@ -47,7 +49,7 @@ def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[st
     if n > 1:
         out["plain, ALL, 1 thread"] = _sessions(enc, dec, "all", 1)
     out["plain, ALL, no spinning"] = _sessions(enc, dec, "all", n, spinning=False)
-    opt_e, opt_d = model_dir / "encoder.cpu-opt.onnx", model_dir / "decoder.cpu-opt.onnx"
+    opt_e, opt_d = (model_dir / n for n in graph_files("fp32", optimized=True))
     if opt_e.is_file() and opt_d.is_file():
         out["cpu-opt copy, ALL"] = _sessions(opt_e, opt_d, "all", n)
     for name, d in (compare or {}).items():

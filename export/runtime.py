@@ -12,18 +12,15 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vqtok.tokenizer.contract import GRAPHS, POLICIES, PRECISIONS, ModelMetadata, graph_files
 from vqtok.tokenizer.hub import resolve_model_dir
-from vqtok.tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
+from vqtok.tokenizer.preprocess import Crop, ImageSource, prepare
 
-_NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
-_OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
-GRAPHS = ("encoder", "decoder")
 _shared_arena = {"registered": False, "lock": threading.Lock()}
 
 
@@ -35,37 +32,6 @@ _CUDA_DEFAULTS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 class InvalidCodes(ValueError):
     """Codes a model cannot decode: not integers, out of [0, K), wrong shape, or too large."""
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    model_id: str
-    factor: int
-    codebook_size: int
-    code_dim: int
-    codebook_sha256: str
-    image_size: int
-    max_side: int
-    normalize_codes: bool
-    precision: str
-    opset: int
-    vqtok_version: str
-
-    @classmethod
-    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
-        missing = [k for k in ("model_id", "factor", "codebook_size", "code_dim", "codebook_sha256", "image_size",
-                               "max_side") if k not in props]
-        if missing:
-            raise ValueError(f"ONNX graph lacks metadata {missing}; re-export it with `vqtok export MODEL`")
-        return cls(model_id=props["model_id"], factor=int(props["factor"]),
-                   codebook_size=int(props["codebook_size"]), code_dim=int(props["code_dim"]),
-                   codebook_sha256=props["codebook_sha256"], image_size=int(props["image_size"]),
-                   max_side=int(props["max_side"]), normalize_codes=props.get("normalize_codes") == "true",
-                   precision=props.get("precision", "fp32"), opset=int(props.get("opset", 0)),
-                   vqtok_version=props.get("vqtok_version", ""))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None = None,
@@ -174,15 +140,14 @@ class OnnxTokenizer:
         other models) in one ORT arena: for sessions run one at a time, e.g. an inference worker's.
         """
         d = resolve_model_dir(path_or_id)
-        if precision not in _NAMES:
-            raise ValueError(f"precision must be one of {sorted(_NAMES)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not graphs or any(g not in GRAPHS for g in graphs):
             raise ValueError(f"graphs must be a non-empty subset of {GRAPHS}, got {graphs!r}")
         keep = [g in graphs for g in GRAPHS]
-        names = tuple(n for n, k in zip(_NAMES[precision], keep) if k)
-        opt = _OPTIMIZED.get(precision)
-        if opt is not None:
-            opt = tuple(n for n, k in zip(opt, keep) if k)
+        names = tuple(n for n, k in zip(graph_files(precision), keep) if k)
+        opt = tuple(n for n, k in zip(graph_files(precision, optimized=True), keep) if k) if precision == "fp32" \
+            else None
         if optimized is None:
             optimized = device == "cpu" and opt is not None and all((d / n).is_file() for n in opt)
         if optimized:

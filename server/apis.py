@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from vqtok.tokenizer.preprocess import POLICIES
+from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field

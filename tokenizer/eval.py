@@ -18,19 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
+from .contract import psnr
 from .data import list_images
 from .model import Tokenizer, to_model_range, to_uint8
 from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
 from .preprocess import prepare
-
-
-def psnr(real: np.ndarray, recon: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images [H, W, 3] (inf when identical)."""
-    if np.array_equal(real, recon):
-        return math.inf  # skimage divides by zero here (and warns)
-    return float(peak_signal_noise_ratio(real, recon, data_range=255))
 
 
 def ssim(real: np.ndarray, recon: np.ndarray) -> float:

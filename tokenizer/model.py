@@ -5,15 +5,18 @@ Images are float [B, 3, H, W] in [-1, 1]; codes are int64 [B, H/f, W/f] in raste
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .contract import CONFIG_FILE, WEIGHTS_FILE, factor_of
 from .hub import codebook_sha256, resolve_model_dir
+from .options import check_fields, from_dict
 from .quantizer import VectorQuantizer
 
 
@@ -29,32 +32,30 @@ class TokenizerConfig:
     code_dim: int = 8                             # d: low-dim factorised lookup (LlamaGen)
     normalize_codes: bool = True                  # l2-normalised codes, cosine lookup
     commitment_weight: float = 0.25               # β
-    codebook_update: str = "loss"                 # "loss" | "ema"
+    codebook_update: Literal["loss", "ema"] = "loss"
     ema_decay: float = 0.99
-    gradient: str = "rotation"                    # "rotation" | "ste"
+    gradient: Literal["rotation", "ste"] = "rotation"
     revive_dead_codes: bool = False
     dead_code_threshold: float = 1e-3
     image_size: int = 256                         # S for the `resize` preprocessing policy
     model_id: str = ""
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        if self.gradient not in ("rotation", "ste"):
-            raise ValueError(f"gradient must be 'rotation' or 'ste', got {self.gradient!r}")
+        check_fields(self, "model option")  # types and enums; channel_mult lists become tuples
         if self.image_size % self.factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the factor {self.factor}")
 
     @property
     def factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        return factor_of(self.channel_mult)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"factor": self.factor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From config.json's dict: unknown keys are an error; `factor` (written by `to_dict`) must agree."""
+        return from_dict(cls, d, "model options", derived={"factor": lambda c: c.factor})
 
     @classmethod
     def llamagen_f16(cls, **kw) -> "TokenizerConfig":
@@ -214,19 +215,19 @@ class Tokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"),
+        save_file(state, str(directory / WEIGHTS_FILE),
                   metadata={"codebook_sha256": self.codebook_sha256(), "format": "vqtok"})
         return directory
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, map_location: str = "cpu") -> "Tokenizer":
         directory = resolve_model_dir(path_or_id)
-        weights = directory / "model.safetensors"
+        weights = directory / WEIGHTS_FILE
         if not weights.is_file():
-            raise FileNotFoundError(f"{directory} has no model.safetensors; it holds {sorted(p.name for p in directory.iterdir())}")
-        config = TokenizerConfig.from_dict(json.loads((directory / "config.json").read_text()))
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}; it holds {sorted(p.name for p in directory.iterdir())}")
+        config = TokenizerConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
         model = cls(config)
         model.load_state_dict(load_file(str(weights), device=map_location))
         return model.eval()

@@ -18,7 +18,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps
 
-POLICIES = ("resize", "native")
+from .contract import POLICIES, cover_crop
+
 ImageSource = Union[Image.Image, np.ndarray, bytes, str, Path, BinaryIO]
 
 
@@ -102,18 +103,20 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
     if policy == "resize":
         if size % factor:
             raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
-        scale = size / min(sw, sh)
-        nw, nh = max(size, round(sw * scale)), max(size, round(sh * scale))
-        if (nw, nh) != (sw, sh):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        arr = np.asarray(img.crop((left, top, left + size, top + size)))
-        return np.ascontiguousarray(arr), Crop(size, size, sw, sh)
+        return fit(img, size, size), Crop(size, size, sw, sh)
     arr = np.asarray(img)
     ph, pw = -sh % factor, -sw % factor
     if ph or pw:
         arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge")
     return np.ascontiguousarray(arr), Crop(sh, sw, sw, sh)
+
+
+def fit(img: Image.Image, height: int, width: int) -> np.ndarray:
+    """RGB image → uint8 [height, width, 3]: scale to cover (bicubic), centre crop (`resize` for any aspect)."""
+    nw, nh, left, top = cover_crop(img.width, img.height, height, width)
+    if (nw, nh) != img.size:
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(img.crop((left, top, left + width, top + height))))
 
 
 def restore(arr: np.ndarray, crop: Crop | None = None) -> Image.Image:

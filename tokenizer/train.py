@@ -13,8 +13,9 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,7 @@ from PIL import Image
 from .data import CropDataset, ResumableSampler, collate_skip_none, list_images
 from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .model import Tokenizer, TokenizerConfig, to_uint8
+from .options import check_fields, from_dict
 from .perceptual import make_perceptual
 
 log = logging.getLogger("vqtok.train")
@@ -46,9 +48,9 @@ class TrainConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    recon: str = "l1"                   # "l1" | "l2"
+    recon: Literal["l1", "l2"] = "l1"
     recon_weight: float = 1.0
-    perceptual: str = "effnet"          # "effnet" | "lpips" | "none"
+    perceptual: Literal["effnet", "lpips", "none"] = "effnet"
     perceptual_weight: float = 0.1
     disc_start: int = 10**9             # step at which the GAN loss switches on
     disc_weight: float = 0.1
@@ -60,21 +62,18 @@ class TrainConfig:
     grid_every: int = 250
     workers: int = 1
     seed: int = 0
-    device: str = "auto"                # "auto" | "cpu" | "cuda"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0                    # torch intra-op threads on CPU (0: torch's default)
     progress: bool = True
 
+    def __post_init__(self):
+        check_fields(self, "training option")  # types and enums: `--set lr="abc"` stops here, not in AdamW
+        TokenizerConfig.from_dict(self.model)  # the model options too, before any data is read
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        for key in ("scale", "betas"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+        """From a --config file / CLI overrides: unknown keys, wrong types and values outside an enum are errors."""
+        return from_dict(cls, d, "training options")
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from vqtok.tokenizer.contract import POLICIES
+
 HELP = "Encode images to code grids (.npy or JSON lines), locally with ONNX Runtime or via a vqtok server."
 
 
@@ -89,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMG", help="image files")
     p.add_argument("-o", "--output", help="a .npy file (one image) or a folder for <stem>.npy files; "
                    "default: print one JSON line per image")
-    p.add_argument("--policy", choices=["resize", "native"], default="resize",
+    p.add_argument("--policy", choices=POLICIES, default="resize",
                    help="resize: the model's square size; native: keep the pixels (padded to a multiple of f)")
     add_backend_arguments(p)
 
