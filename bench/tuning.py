@@ -2,7 +2,7 @@
 
     python -m bench.tuning [--model DIR|ID] [--batch 8] [--size 256] [--compare NAME=DIR ...]
 
-Variants: the runtime's default (`OnnxTokenizer.from_dir`), graph optimisation level BASIC / EXTENDED / ALL,
+Variants: the runtime's default (`OnnxTokenizer.from_pretrained`), graph optimisation level BASIC / EXTENDED / ALL,
 intra-op threads (1 vs all cores), thread spinning off, and the offline-optimised `*.cpu-opt.onnx` copy when the
 model folder has one. Each variant is its own pair of sessions; one round runs encode and decode of every variant.
 `--compare NAME=DIR` adds the graphs of another folder (its `*.cpu-opt.onnx` copies when present, else the plain
@@ -39,7 +39,7 @@ def _graph_pair(d: Path) -> tuple[Path, Path]:
 def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[str, tuple]:
     from vqtok.export.runtime import OnnxTokenizer
 
-    tok = OnnxTokenizer.from_dir(model_dir)
+    tok = OnnxTokenizer.from_pretrained(model_dir)
     out = {"runtime default": (tok.encoder, tok.decoder)}
     enc, dec = (model_dir / n for n in graph_files())
     n = cores()
@@ -61,7 +61,7 @@ def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0
            compare: dict[str, Path] | None = None) -> dict:
     from vqtok.export.runtime import OnnxTokenizer
 
-    meta = OnnxTokenizer.from_dir(model_dir).metadata
+    meta = OnnxTokenizer.from_pretrained(model_dir).metadata
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     codes = rng.integers(0, meta.codebook_size, (batch, size // meta.factor, size // meta.factor), dtype=np.int32)
@@ -76,7 +76,7 @@ def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0
             for name in sess]
     return {"batch": batch, "image_size": size, "baseline": "runtime default", "rows": rows,
             "note": "Every variant runs the same graphs on the same inputs; rounds alternate the order of variants. "
-                    "'runtime default' is `OnnxTokenizer.from_dir(model)` as the server and CLI build it."}
+                    "'runtime default' is `OnnxTokenizer.from_pretrained(model)` as the server and CLI build it."}
 
 
 def main(argv: list[str] | None = None) -> dict:

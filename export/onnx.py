@@ -329,7 +329,7 @@ def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | No
     s, f = model.config.image_size, model.config.factor
     sizes = sizes or [(s, s), (s, (3 * s // 2) // f * f)]
     g = Path(graphs_dir) if graphs_dir else d
-    tok = OnnxTokenizer.from_dir(g, device=device, optimized=False, threads=threads)
+    tok = OnnxTokenizer.from_pretrained(g, device=device, optimized=False, threads=threads)
     sha = read_codebook_sha256(d)
     report: dict = {
         "model_id": tok.metadata.model_id, "model_dir": str(d), "graphs_dir": str(g), "codebook_sha256": sha,
@@ -366,7 +366,7 @@ def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | No
 
     enc16, dec16 = graph_files("fp16")
     if (g / enc16).is_file() and (g / dec16).is_file():
-        tok16 = OnnxTokenizer.from_dir(g, device=device, precision="fp16", threads=threads)
+        tok16 = OnnxTokenizer.from_pretrained(g, device=device, precision="fp16", threads=threads)
         codes16 = np.concatenate([tok16.encode_array(images[sl]) for sl in _chunks(len(images), batch)])
         recon16 = np.concatenate([tok16.decode(ref_codes[sl]) for sl in _chunks(len(images), batch)])
         report["fp16"] = {"providers": tok16.encoder.get_providers(),

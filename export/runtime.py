@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -66,7 +67,7 @@ def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None 
 
 
 class OnnxTokenizer:
-    """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_dir`."""
+    """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_pretrained`."""
 
     def __init__(self, encoder_path: str | Path | None, decoder_path: str | Path | None, device: str = "cpu",
                  threads: int | None = None, max_batch: int | None = None,
@@ -122,7 +123,7 @@ class OnnxTokenizer:
         return tuple(g for g, s in zip(GRAPHS, (self.encoder, self.decoder)) if s is not None)
 
     @classmethod
-    def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
+    def from_pretrained(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", optimized: bool | None = None, max_batch: int | None = None,
                  session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
                  graphs: Sequence[str] = GRAPHS, mem_pattern: bool = True,
@@ -163,6 +164,13 @@ class OnnxTokenizer:
         enc, dec = d / names[0] if keep[0] else None, d / names[-1] if keep[1] else None
         return cls(enc, dec, device=device, threads=threads, max_batch=max_batch, session_config=session_config,
                    cuda_options=cuda_options, mem_pattern=mem_pattern, shared_arena=shared_arena)
+
+    @classmethod
+    def from_dir(cls, path_or_id: str | Path, **kwargs) -> "OnnxTokenizer":
+        """Deprecated name of `from_pretrained` (the name `Tokenizer` uses for the same idea)."""
+        warnings.warn("OnnxTokenizer.from_dir is deprecated; use OnnxTokenizer.from_pretrained", DeprecationWarning,
+                      stacklevel=2)
+        return cls.from_pretrained(path_or_id, **kwargs)
 
     # convenience views of the metadata
     @property

@@ -124,4 +124,4 @@ def session_pids(sid: int) -> set[int]:
 def local_tokenizer(model_dir: Path):
     from vqtok.export.runtime import OnnxTokenizer
 
-    return OnnxTokenizer.from_dir(model_dir, threads=1)
+    return OnnxTokenizer.from_pretrained(model_dir, threads=1)

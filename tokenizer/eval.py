@@ -13,6 +13,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -162,14 +163,20 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_grid(extremes: list, path: Path) -> None:
-    """Rows of (real | reconstruction), worst PSNR at the top, best at the bottom, each labelled with its PSNR."""
+def save_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], path: str | Path,
+              labels: Sequence[str] | None = None) -> Path:
+    """PNG of one row per (real, reconstruction) pair of uint8 [H, W, 3] images, each row optionally labelled
+    (top left, yellow). Used by evaluation (worst and best by PSNR) and by training (grids/step_*.png)."""
     rows = []
-    for value, _, a, b in extremes:
+    for i, (a, b) in enumerate(pairs):
         row = Image.fromarray(np.concatenate([a, b], axis=1))
-        ImageDraw.Draw(row).text((4, 4), f"{value:.2f} dB", fill=(255, 255, 0))
+        if labels is not None:
+            ImageDraw.Draw(row).text((4, 4), labels[i], fill=(255, 255, 0))
         rows.append(np.asarray(row))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return path
 
 
 def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict[str, Path]:
@@ -180,5 +187,6 @@ def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     files["json"].write_text(json.dumps(public, indent=2) + "\n")  # inf PSNR is written as Infinity
     files["md"].write_text(markdown_table(result))
-    save_grid(result["_extremes"], files["grid"])
+    kept = result["_extremes"]  # (psnr, index, real, recon), worst first
+    save_grid([(a, b) for _, _, a, b in kept], files["grid"], labels=[f"{v:.2f} dB" for v, _, _, _ in kept])
     return files

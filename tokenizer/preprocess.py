@@ -33,12 +33,13 @@ class ImageTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class Crop:
-    """What `restore` needs to undo `prepare`: the valid region of the model input and the source size."""
+    """What `restore` needs to undo `prepare`: the valid region of the model input and the source size, each
+    (height, width) like every array shape here."""
 
     height: int
     width: int
-    source_width: int
     source_height: int
+    source_width: int
 
 
 def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
@@ -103,12 +104,12 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
     if policy == "resize":
         if size % factor:
             raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
-        return fit(img, size, size), Crop(size, size, sw, sh)
+        return fit(img, size, size), Crop(size, size, sh, sw)
     arr = np.asarray(img)
     ph, pw = -sh % factor, -sw % factor
     if ph or pw:
         arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    return np.ascontiguousarray(arr), Crop(sh, sw, sw, sh)
+    return np.ascontiguousarray(arr), Crop(sh, sw, sh, sw)
 
 
 def fit(img: Image.Image, height: int, width: int) -> np.ndarray:

@@ -20,9 +20,9 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 
 from .data import CropDataset, ResumableSampler, collate_skip_none, list_images
+from .eval import save_grid
 from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .model import Tokenizer, TokenizerConfig, to_uint8
 from .options import check_fields, from_dict
@@ -98,11 +98,10 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state(s["cuda"])
 
 
-def save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) -> None:
-    """PNG with rows of (input | reconstruction)."""
-    pairs = torch.cat([to_uint8(real[:n]), to_uint8(recon[:n].detach().float())], dim=2)  # [n, H, 2W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(torch.cat(list(pairs), dim=0).cpu().numpy()).save(path)
+def _save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) -> None:
+    """rows of (input | reconstruction) of the last batch, by `eval.save_grid`."""
+    real_u8, recon_u8 = to_uint8(real[:n]).cpu().numpy(), to_uint8(recon[:n].detach().float()).cpu().numpy()
+    save_grid(list(zip(real_u8, recon_u8)), path)
 
 
 class Trainer:
@@ -253,7 +252,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.3f}", usage=f"{last['usage']:.2f}", img_s=f"{rate:.1f}")
                 if cfg.grid_every and self.step % cfg.grid_every == 0:
-                    save_grid(*self._last, self.out / "grids" / f"step_{self.step:06d}.png")
+                    _save_grid(*self._last, self.out / "grids" / f"step_{self.step:06d}.png")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
         if bar is not None:

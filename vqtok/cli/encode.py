@@ -31,7 +31,7 @@ class LocalBackend:
         from vqtok.export.runtime import OnnxTokenizer
         from vqtok.tokenizer.hub import DEFAULT_MODEL
 
-        self.tok = OnnxTokenizer.from_dir(model or DEFAULT_MODEL, device=device)
+        self.tok = OnnxTokenizer.from_pretrained(model or DEFAULT_MODEL, device=device)
         self.model = self.tok.metadata.model_id
 
     def encode(self, image: str, policy: str):
