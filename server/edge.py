@@ -169,7 +169,7 @@ def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -
         raise ApiError(413, "image_too_large", f"{err}; send a smaller image") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types (EOFError, struct.error, ...) on bad bytes
         logger.debug("undecodable upload", exc_info=err)
-        why = str(err) if isinstance(err, InvalidImage) and "BytesIO" not in str(err) else type(err).__name__
+        why = err.reason if isinstance(err, InvalidImage) and "BytesIO" not in err.reason else type(err).__name__
         raise ApiError(415, "unsupported_image", f"the upload is not a decodable image ({why}); send PNG, JPEG, "
                        "WebP, GIF, BMP or TIFF") from None
     if max(arr.shape[:2]) > entry.max_side:
