@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vqtok.tokenizer.contract import GRAPHS, POLICIES, PRECISIONS, ModelMetadata, graph_files
+from vqtok.tokenizer.contract import GRAPHS, PRECISIONS, ModelMetadata, graph_files, unflatten
 from vqtok.tokenizer.hub import resolve_model_dir
-from vqtok.tokenizer.preprocess import Crop, ImageSource, prepare
+from vqtok.tokenizer.preprocess import Crop, ImageSource, prepare_batch
 
 _shared_arena = {"registered": False, "lock": threading.Lock()}
 
@@ -184,23 +184,10 @@ class OnnxTokenizer:
     # -- encode ----------------------------------------------------------------------------------------------------
     def prepare(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize",
                 max_pixels: int | None = None) -> tuple[np.ndarray, list[Crop]]:
-        """Images → (uint8 [B, H, W, 3] batch, crops), by `tokenizer.preprocess.prepare` with this model's S and f.
-
-        `native` keeps each image's size (padded to a multiple of f), so a batch must share one padded size.
-        """
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        items = _as_list(images)
-        if not items:
-            raise ValueError("no images given")
+        """Images → (uint8 [B, H, W, 3] batch, crops), by `tokenizer.preprocess.prepare_batch` with this model's
+        S and f (`native` keeps each image's size, padded to a multiple of f: one batch shares one padded size)."""
         m = self.metadata
-        pairs = [prepare(src, policy=policy, size=m.image_size, factor=m.factor, max_pixels=max_pixels)
-                 for src in items]
-        shapes = {a.shape for a, _ in pairs}
-        if len(shapes) > 1:
-            raise ValueError(f"policy 'native' gave images of different sizes {sorted(shapes)}; encode them one "
-                             "call each, or use policy 'resize'")
-        return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
+        return prepare_batch(images, policy, size=m.image_size, factor=m.factor, max_pixels=max_pixels)
 
     def encode_array(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [B, H, W, 3] (H, W multiples of f, at most max_side) → int64 codes [B, H/f, W/f]."""
@@ -238,6 +225,14 @@ class OnnxTokenizer:
             raise RuntimeError("this OnnxTokenizer has no decoder: it was loaded with graphs=('encoder',)")
         return self.decoder.run(None, {"codes": self.validate(codes)})[0]
 
+    def decode_sequence(self, tokens, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Token sequences [B, h·w] (or one [h·w]) in raster order → uint8 images [B, h·f, w·f, 3].
+
+        `shape` is the code grid's (h, w); default the model's square grid (S/f, S/f).
+        """
+        m = self.metadata
+        return self.decode(unflatten(np.asarray(tokens), shape or (m.image_size // m.factor,) * 2))
+
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
@@ -265,11 +260,3 @@ def _env_cuda_options() -> dict[str, str]:
     if not isinstance(opts, dict):
         raise ValueError('VQTOK_ORT_CUDA_OPTIONS must be a JSON object, e.g. {"prefer_nhwc": "1"}')
     return {str(k): str(v) for k, v in opts.items()}
-
-
-def _as_list(images) -> list:
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    return [images]

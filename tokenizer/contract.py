@@ -122,6 +122,35 @@ def cover_crop(source_width: int, source_height: int, height: int, width: int) -
     return nw, nh, (nw - width) // 2, (nh - height) // 2
 
 
+# -- token layout ----------------------------------------------------------------------------------------------
+# Codes are a row-major grid [B, h, w] = [B, H/f, W/f]; code (i, j) covers pixels [i·f, (i+1)·f) × [j·f, (j+1)·f).
+# A sequence model reads it in raster order, row by row: token t = i·w + j. Both functions take numpy arrays and
+# torch tensors alike (anything with .reshape) and return the same kind; lists become numpy arrays.
+def flatten(codes):
+    """Code grids [B, h, w] → token sequences [B, h·w] in raster order ([h, w] → [h·w])."""
+    codes = codes if hasattr(codes, "reshape") else _array(codes)
+    if codes.ndim not in (2, 3):
+        raise ValueError(f"flatten takes a code grid [h, w] or [B, h, w], got shape {tuple(codes.shape)}")
+    h, w = codes.shape[-2:]
+    return codes.reshape(*codes.shape[:-2], h * w)
+
+
+def unflatten(tokens, shape: tuple[int, int]):
+    """Token sequences [B, h·w] → code grids [B, h, w] ([h·w] → [h, w]); `shape` is the grid's (h, w)."""
+    tokens = tokens if hasattr(tokens, "reshape") else _array(tokens)
+    h, w = (int(v) for v in shape)
+    if tokens.ndim not in (1, 2) or tokens.shape[-1] != h * w:
+        raise ValueError(f"unflatten takes sequences [h·w] or [B, h·w] with h·w = {h}·{w} = {h * w}, got shape "
+                         f"{tuple(tokens.shape)}")
+    return tokens.reshape(*tokens.shape[:-1], h, w)
+
+
+def _array(values):
+    import numpy as np
+
+    return np.asarray(values)
+
+
 # -- metrics ---------------------------------------------------------------------------------------------------
 def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """PSNR in dB of two images of one shape (uint8 by default: data_range 255); inf when identical."""

@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .contract import CONFIG_FILE, WEIGHTS_FILE, factor_of
+from .contract import CONFIG_FILE, WEIGHTS_FILE, factor_of, unflatten
 from .hub import codebook_sha256, resolve_model_dir
 from .options import check_fields, from_dict
+from .preprocess import ImageSource, prepare_batch
 from .quantizer import VectorQuantizer
 
 
@@ -181,8 +182,20 @@ class Tokenizer(nn.Module):
         return self.decoder(self.post_quant_proj(z_q)), aux
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """float [B, 3, H, W] in [-1, 1] → int64 codes [B, H/f, W/f]."""
+    def encode(self, x: torch.Tensor | ImageSource | Sequence[ImageSource], policy: str = "resize",
+               max_pixels: int | None = None, return_latents: bool = False):
+        """Images → int64 codes [B, H/f, W/f] (a tensor on the model's device).
+
+        `x` is a float tensor [B, 3, H, W] in [-1, 1], or what `OnnxTokenizer.encode` takes (paths, PIL images,
+        bytes, uint8 arrays, one or a list), preprocessed by the same `tokenizer.preprocess.prepare_batch` with
+        `policy` ("resize" | "native") and this model's S and f. `policy`/`max_pixels` apply to the latter only.
+        `return_latents` also returns the encoder's continuous output in code space [B, d, h, w] (l2-normalised
+        when the model normalises codes), the vectors the nearest-code search compares with the codebook.
+        """
+        if not isinstance(x, torch.Tensor):
+            batch, _ = prepare_batch(x, policy, size=self.config.image_size, factor=self.factor,
+                                     max_pixels=max_pixels)
+            x = to_model_range(torch.from_numpy(batch)).to(self.device)
         self._check_image(x)
         # Codes are the model's identity: the whole encode path runs in the weights' precision, never under an
         # ambient autocast (a bf16 encoder alone flips ~0.5% of codes, so "fp32 distance" is not enough).
@@ -192,18 +205,39 @@ class Tokenizer(nn.Module):
         e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         if self.config.normalize_codes:
             e = F.normalize(e, dim=-1, eps=1e-6)
-        return self.quantizer.nearest(e).view(b, h, w)
+        codes = self.quantizer.nearest(e).view(b, h, w)
+        return (codes, e.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()) if return_latents else codes
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """int codes [B, h, w] in [0, K) → float [B, 3, h·f, w·f] in [-1, 1]."""
+        return self.decoder(self.embed(codes, decoder_input=True)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def decode_sequence(self, tokens: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Token sequences [B, h·w] in raster order → float images [B, 3, h·f, w·f] in [-1, 1].
+
+        `shape` is the code grid's (h, w); default the model's square grid (S/f, S/f).
+        """
+        s = self.config.image_size // self.factor
+        return self.decode(unflatten(torch.as_tensor(tokens), shape or (s, s)))
+
+    def embed(self, codes: torch.Tensor, decoder_input: bool = False) -> torch.Tensor:
+        """int codes [B, h, w] in [0, K) → their codebook vectors [B, d, h, w] (as the decoder sees them), or with
+        `decoder_input` the decoder's input latents [B, latent_channels, h, w] (after `post_quant_proj`)."""
+        codes = torch.as_tensor(codes, device=self.device)
         if codes.dim() != 3:
             raise ValueError(f"expected codes [B, h, w], got shape {tuple(codes.shape)}")
         k = self.config.codebook_size
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
             raise ValueError(f"codes must lie in [0, {k}), got [{int(codes.min())}, {int(codes.max())}]")
         z_q = self.quantizer.embed(codes.long())
-        return self.decoder(self.post_quant_proj(z_q)).clamp(-1, 1)
+        return self.post_quant_proj(z_q) if decoder_input else z_q
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs given as images or numpy codes are moved there)."""
+        return self.quantizer.codebook.device
 
     def codebook_sha256(self) -> str:
         return codebook_sha256(self.quantizer.codebook.detach().float().cpu().numpy())

@@ -14,7 +14,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -136,6 +136,29 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
     if ph or pw:
         arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge")
     return np.ascontiguousarray(arr), Crop(sh, sw, sh, sw)
+
+
+def prepare_batch(images: ImageSource | Sequence[ImageSource], policy: str = "resize", size: int = 256,
+                  factor: int = 8, max_pixels: int | None = None) -> tuple[np.ndarray, list[Crop]]:
+    """One image, a list of them, or a uint8 [B, H, W, 3] array → (uint8 [B, H, W, 3] batch, crops), by `prepare`.
+
+    The entry of both tokenizers (`OnnxTokenizer.encode`, `Tokenizer.encode` given images). `native` keeps each
+    image's size (padded to a multiple of f), so one batch must share one padded size.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if isinstance(images, np.ndarray):
+        items = list(images) if images.ndim == 4 else [images]
+    else:
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images given")
+    pairs = [prepare(src, policy=policy, size=size, factor=factor, max_pixels=max_pixels) for src in items]
+    shapes = {a.shape for a, _ in pairs}
+    if len(shapes) > 1:
+        raise ValueError(f"policy 'native' gave images of different sizes {sorted(shapes)}; encode them one "
+                         "call each, or use policy 'resize'")
+    return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
 
 
 def fit(img: Image.Image, height: int, width: int) -> np.ndarray:
