@@ -14,7 +14,7 @@ from vqtok.tokenizer.contract import (ModelMetadata, cover_crop, factor_of, grap
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures" / "tiny-model"
-SOURCE_DIRS = ("tokenizer", "export", "server", "pipeline", "vqtok", "bench")
+SOURCE_DIRS = ("tokenizer", "export", "server", "pipeline", "vqtok", "bench", "examples")
 
 # A fact's literal spelling → the only file allowed to write it (contract.py may also build it from parts).
 ONCE = {
@@ -25,7 +25,7 @@ ONCE = {
     r"2 \*\* \(len\(": "tokenizer/contract.py",
     r"\.metadata_props\}": "tokenizer/contract.py",
     r"def psnr\(|def _psnr\(": "tokenizer/contract.py",
-    r"def save_grid\(": "tokenizer/eval.py",
+    r"def save_grid\(": "tokenizer/preprocess.py",
 }
 
 

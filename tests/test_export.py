@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from vqtok.export.onnx import export_model, read_metadata
+from vqtok.export.onnx import export_model
+from vqtok.tokenizer.contract import read_metadata
 from vqtok.export.runtime import OnnxTokenizer
 from vqtok.tokenizer.hub import WEIGHTS_DIR, list_models, read_codebook_sha256
 from vqtok.tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8

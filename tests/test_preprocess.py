@@ -326,3 +326,15 @@ def test_invalid_image_message_says_it_once():
         prepare(b"hello, not an image")
     assert str(info.value).count("not a decodable image") == 1
     assert "decodable" not in info.value.reason and "UnidentifiedImageError" in info.value.reason
+
+
+def test_save_grid_rows_labels_and_padding(tmp_path):
+    from vqtok.tokenizer.preprocess import save_grid
+
+    a, b = np.zeros((8, 6, 3), np.uint8), np.full((8, 6, 3), 100, np.uint8)
+    path = save_grid([(a, b), (b,)], tmp_path / "sub" / "grid.png", cols=3)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (16, 18, 3)
+    assert (grid[8:, :6] == 100).all() and (grid[8:, 6:] == 255).all() and (grid[:8, 12:] == 255).all()
+    labelled = np.asarray(Image.open(save_grid([(a, a)], tmp_path / "l.png", labels=["21.00 dB"])))
+    assert labelled.shape == (8, 12, 3) and labelled.any()                              # the label was drawn

@@ -18,14 +18,13 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from skimage.metrics import structural_similarity
 
 from .contract import psnr
 from .data import is_manifest, list_images
 from .model import Tokenizer, to_model_range, to_uint8
 from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
-from .preprocess import prepare
+from .preprocess import prepare, save_grid
 
 
 def ssim(real: np.ndarray, recon: np.ndarray) -> float:
@@ -173,22 +172,6 @@ def markdown_table(result: dict) -> str:
         v = result[k]
         lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
     return "\n".join(lines) + "\n"
-
-
-def save_grid(pairs: Sequence[tuple[np.ndarray, np.ndarray]], path: str | Path,
-              labels: Sequence[str] | None = None) -> Path:
-    """PNG of one row per (real, reconstruction) pair of uint8 [H, W, 3] images, each row optionally labelled
-    (top left, yellow). Used by evaluation (worst and best by PSNR) and by training (grids/step_*.png)."""
-    rows = []
-    for i, (a, b) in enumerate(pairs):
-        row = Image.fromarray(np.concatenate([a, b], axis=1))
-        if labels is not None:
-            ImageDraw.Draw(row).text((4, 4), labels[i], fill=(255, 255, 0))
-        rows.append(np.asarray(row))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    return path
 
 
 def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict[str, Path]:

@@ -169,6 +169,31 @@ def fit(img: Image.Image, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.crop((left, top, left + width, top + height))))
 
 
+def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, labels: Sequence[str] | None = None,
+              cols: int | None = None) -> Path:
+    """One PNG of uint8 [H, W, 3] images (all one size), a row per entry of `rows`, `cols` wide (default: the
+    longest row; short rows are padded white), each row optionally labelled at its top left. Evaluation (real | reconstruction, PSNR), training grids and the
+    generation example all write their grids with it."""
+    from PIL import ImageDraw
+
+    rows = [list(r) for r in rows]
+    if not rows or not rows[0]:
+        raise ValueError("save_grid needs at least one image")
+    h, w, _ = rows[0][0].shape
+    cols = max([len(r) for r in rows] + [cols or 0])
+    canvas = Image.new("RGB", (cols * w, len(rows) * h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(im), "RGB"), (j * w, i * h))
+        if labels is not None:
+            draw.text((4, i * h + 4), labels[i], fill=(255, 255, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def restore(arr: np.ndarray, crop: Crop | None = None) -> Image.Image:
     """uint8 [H, W, 3] model output → RGB image, cropped back to the valid region when `crop` is given."""
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:

@@ -22,11 +22,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import CropDataset, ResumableSampler, collate_skip_none, list_images
-from .eval import save_grid
 from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .model import Tokenizer, TokenizerConfig, to_uint8
 from .options import check_fields, from_dict
 from .perceptual import make_perceptual
+from .preprocess import save_grid
 
 log = logging.getLogger("vqtok.train")
 
@@ -99,7 +99,7 @@ def _set_rng_state(s: dict) -> None:
 
 
 def _save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) -> None:
-    """rows of (input | reconstruction) of the last batch, by `eval.save_grid`."""
+    """rows of (input | reconstruction) of the last batch, by `preprocess.save_grid`."""
     real_u8, recon_u8 = to_uint8(real[:n]).cpu().numpy(), to_uint8(recon[:n].detach().float()).cpu().numpy()
     save_grid(list(zip(real_u8, recon_u8)), path)
 
