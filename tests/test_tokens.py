@@ -149,3 +149,11 @@ def test_tokens_md_examples_run(monkeypatch, capsys):
         exec(compile(block, "docs/TOKENS.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["seq"].shape == (2, 1024) and namespace["images"].shape == (2, 256, 256, 3)
     assert "of codes agree" in capsys.readouterr().out
+
+
+def test_one_loading_name():
+    """`from_pretrained` on both tokenizers; the old ONNX name still works, with a DeprecationWarning."""
+    assert OnnxTokenizer.from_pretrained.__func__ is not OnnxTokenizer.from_dir.__func__
+    with pytest.warns(DeprecationWarning, match="from_pretrained"):
+        old = OnnxTokenizer.from_dir(TINY, threads=1, graphs=("decoder",))
+    assert old.graphs == ("decoder",) and old.metadata == OnnxTokenizer.from_pretrained(TINY).metadata

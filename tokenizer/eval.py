@@ -13,7 +13,6 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
