@@ -31,6 +31,7 @@ from starlette.requests import Request
 from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
+from .guards import watch_parent
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
 from .registry import Registry
 
@@ -80,6 +81,7 @@ class TokenizerAPI(ls.LitAPI):
         from vqtok.export.runtime import OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
+        watch_parent()  # exit with the main process, even after its kill -9
         name_process(f"vq-{self.endpoint}")  # before ORT starts its threads, which inherit the name
         kind = "cpu"
         if device.startswith("cuda"):  # one worker set per GPU: pin this worker to its device

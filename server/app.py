@@ -17,6 +17,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from .apis import API_CLASSES, TokenizerAPI
 from .auth import ApiKeyMiddleware
 from .edge import Limits
 from .errors import error_response, install_error_handlers
+from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
+from .patches import header_deadline_protocol, wait_for_reply
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -56,7 +59,9 @@ class Settings:
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/transport.py)
-    timeout: float = 60.0  # seconds a request may wait in the queue
+    timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
+    read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
+    header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
     @property
@@ -94,11 +99,10 @@ def threads_per_worker(settings: Settings, devices: int) -> int:
 class _EdgeHandler(RegularRequestHandler):
     """LitServe's request handler with our parser in front and our response shape behind."""
 
-    async def _prepare_request(self, request: Request, request_type) -> dict:
-        return await self.lit_api.parse(request)
-
     async def handle_request(self, request: Request, request_type) -> Response:
-        result = await super().handle_request(request, request_type)
+        payload = await self.lit_api.parse(request)
+        server = self.server
+        result = await wait_for_reply(self, payload, server.settings.timeout, server.watch.of(self.lit_api.api_path))
         if result.get("status") != 200:
             return error_response(result.get("status", 500), result.get("message", "request failed"),
                                   result.get("code"))
@@ -125,9 +129,13 @@ class VqtokServer(ls.LitServer):
                     settings.ort_batch) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
-                         timeout=settings.timeout, model_metadata=registry.describe(),
-                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
+                         timeout=settings.timeout, model_metadata=registry.describe(), restart_workers=True,
+                         middlewares=[(BodyDeadlineMiddleware, {"read_timeout": settings.read_timeout}),
+                                      (ApiKeyMiddleware, {"api_key": settings.api_key}),
                                       (metrics.MetricsMiddleware, {})])
+        self.watch = ProcessWatch({api.api_path: len(self._inference_workers_config_for_api(api.api_path))
+                                   for api in apis})
+        self._sockets: list = []
         self.uvicorn_graceful_timeout = settings.graceful_timeout
         if settings.fast_queue:  # LitServe 0.2.19 drops fast_queue=True on the floor: set the transport it meant
             transport.install()
@@ -139,6 +147,14 @@ class VqtokServer(ls.LitServer):
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"])
+        self.app.add_api_route("/health", self._ready_route, methods=["HEAD"], include_in_schema=False)
+        for path, route, summary in (
+                ("/health/live", self._live_route, "Liveness: 200 while this HTTP process answers"),
+                ("/health/ready", self._ready_route, "Readiness: 200 only when every inference worker is up and "
+                                                     "has loaded its models, else 503")):
+            self.app.add_api_route(path, route, methods=["GET"], tags=["health"], summary=summary,
+                                   response_class=Response)
+            self.app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
         logger.info("serving %s (default %s) on %s, %d worker(s) per endpoint per device, %d ORT thread(s) each",
                     ", ".join(registry.models), registry.default, settings.device, settings.workers, threads)
 
@@ -148,6 +164,14 @@ class VqtokServer(ls.LitServer):
     async def _metrics_route(self) -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
+
+    async def _live_route(self) -> Response:
+        return Response("ok", media_type="text/plain")
+
+    async def _ready_route(self) -> Response:
+        states = dict(self.workers_setup_status)  # LitServe's: READY once a (re)started worker loaded its models
+        ready = bool(states) and all(v == WorkerSetupStatus.READY for v in states.values()) and self.watch.all_up()
+        return Response("ok" if ready else "not ready", status_code=200 if ready else 503, media_type="text/plain")
 
     # -- LitServe hooks --------------------------------------------------------------------------------------------
     def _register_api_endpoints(self, lit_api: TokenizerAPI, request_type, response_type) -> None:
@@ -172,11 +196,45 @@ class VqtokServer(ls.LitServer):
                 return
             time.sleep(0.05)
 
+    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
+        self._sockets = list(sockets)  # the listening socket: closed at shutdown so new clients are refused at once
+        kwargs.setdefault("http", header_deadline_protocol(self.settings.header_timeout))
+        workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
+        procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
+        self.watch.start(self._worker_slots, procs, self._fatal)
+        return workers
+
+    def _worker_slots(self) -> list[tuple[str, int, mp.process.BaseProcess]]:
+        """(api path, LitServe worker id, process) for every inference worker, in LitServe's order."""
+        slots, i = [], 0
+        for api in self.litapi_connector:
+            for wid in range(len(self._inference_workers_config_for_api(api.api_path))):
+                if i < len(self.inference_workers):
+                    slots.append((api.api_path, wid, self.inference_workers[i]))
+                i += 1
+        return slots
+
+    def _fatal(self, reason: str) -> None:
+        event = getattr(self, "_shutdown_event", None)
+        if event is not None:
+            threading.Thread(target=_set_event, args=(event,), daemon=True).start()
+
+    def _refuse_new_connections(self) -> None:
+        """Stop the kernel from queueing connections nobody will accept (the manager process inherited the
+        listening socket, so it outlives the HTTP processes' copies): clients get a refusal, not a hang."""
+        time.sleep(0.3)  # the HTTP processes stop their accept loops within uvicorn's 0.1 s tick first
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
+        self.watch.stop()
         event = getattr(self, "_shutdown_event", None)
         if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
             setter = threading.Thread(target=_set_event, args=(event,), daemon=True)
@@ -186,6 +244,7 @@ class VqtokServer(ls.LitServer):
         for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
             if w.is_alive():
                 w.terminate()
+        self._refuse_new_connections()
         for w in procs:
             w.join(self.uvicorn_graceful_timeout + 5)
             if w.is_alive():
@@ -197,10 +256,13 @@ class VqtokServer(ls.LitServer):
         super()._perform_graceful_shutdown(manager, rest, "normal")
 
     def run(self, *args, **kwargs) -> None:
+        watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
         try:
             super().run(*args, **kwargs)
         finally:
             reap_children()
+        if self.watch.fatal:
+            raise RuntimeError(self.watch.fatal)
 
 
 def _check_cuda() -> int:

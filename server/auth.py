@@ -8,7 +8,7 @@ from starlette.datastructures import Headers
 
 from .errors import error_response
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 
 def _digest(key: str) -> bytes:

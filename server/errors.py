@@ -16,7 +16,7 @@ logger = logging.getLogger("vqtok.server")
 
 # status → the code used when an HTTPException carries none of its own
 DEFAULT_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
     413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_codes", 500: "internal_error",
     503: "unavailable", 504: "timeout",
 }
@@ -25,8 +25,8 @@ DEFAULT_CODES = {
 class ApiError(HTTPException):
     """A client error with a stable machine-readable `code` (see `DEFAULT_CODES`) and a human message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
 
 
