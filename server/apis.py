@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import io
 import json
 import logging
@@ -31,20 +30,11 @@ from starlette.requests import Request
 from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
-from .guards import watch_parent
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .guards import name_process, watch_parent
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
-
-
-def name_process(name: str) -> None:
-    """Name this process (/proc/PID/comm: `ps -o comm`, `top`), so each endpoint's workers and their memory can be
-    told apart; Linux keeps 15 bytes. A no-op where prctl is missing."""
-    try:
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
 
 
 def png_bytes(arr: np.ndarray) -> bytes:

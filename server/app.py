@@ -33,7 +33,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from . import metrics, transport
 from .apis import API_CLASSES, TokenizerAPI
-from .auth import ApiKeyMiddleware
+from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .edge import Limits
 from .errors import error_response, install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
@@ -322,6 +322,7 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
     signal.signal(signal.SIGINT, on_signal)
     if api_servers is None:
         api_servers = max(1, len(server.devices) * server.settings.workers)
+    logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())  # inherited by the forked HTTP processes
     server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
 
 
