@@ -30,6 +30,21 @@ class ApiError(HTTPException):
         self.code = code
 
 
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+WHEN = {400: "malformed request (JSON, multipart, base64, .npy, parameters)", 401: "missing or wrong API key",
+        404: "unknown model", 408: "the request body did not arrive within --read-timeout",
+        413: "body or image over the limits", 415: "unsupported Content-Type or undecodable image",
+        422: "invalid code grid", 500: "internal error", 503: "worker restarting (see Retry-After)",
+        504: "no reply within --timeout"}
+
+
+def openapi_errors(statuses: tuple[int, ...]) -> dict:
+    """OpenAPI `responses` entries for these error statuses: the JSON error shape above."""
+    return {s: {"description": WHEN[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
+
+
 def bad_request(message: str, code: str = "bad_request") -> ApiError:
     return ApiError(400, code, message)
 

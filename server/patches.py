@@ -11,7 +11,7 @@ behavioural tests there and in test_server*.py check that each override still do
 | `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts → `Response` or our JSON error shape; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
 | `ServerOverrides._start_server` | the listening socket stays private to `run()`; uvicorn gets no header timeout | the socket is shut at SIGTERM (new clients refused at once, not queued for nobody); `HeaderDeadlineProtocol`; the process watch starts |
 | `HeaderDeadlineProtocol` (uvicorn's `HttpToolsProtocol`) | no request-header timeout; the keep-alive timer is cancelled by the first byte | a client trickling header bytes (slowloris) is disconnected after `--header-timeout` |
-| `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body per endpoint; auth is a middleware over every route |
+| `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
@@ -42,7 +42,7 @@ from litserve.utils import LitAPIStatus, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ApiError, error_response
+from .errors import ApiError, error_response, openapi_errors
 
 RETRY_AFTER_S = 2
 
@@ -210,7 +210,9 @@ class ServerOverrides:
 
         self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
                                tags=["vqtok"], response_class=Response,
-                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}})
+                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}},
+                               responses={200: {"description": "OK", "content": lit_api.reply_types},
+                                          **openapi_errors(lit_api.error_statuses)})
 
     def verify_worker_status(self) -> None:
         """Wait until *every* worker has loaded every model; refuse to start if any failed."""

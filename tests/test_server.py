@@ -329,3 +329,18 @@ from vqtok.server import Client, build_server
 assert "torch" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_openapi_documents_reply_types_errors_and_probes(client):
+    spec = client.get("/openapi.json").json()
+    for endpoint, types in (("encode", {"application/json", "application/x-npy"}),
+                            ("decode", {"image/png", "application/json"}),
+                            ("reconstruct", {"image/png", "application/json"})):
+        responses = spec["paths"][f"/v1/{endpoint}"]["post"]["responses"]
+        assert set(responses["200"]["content"]) == types
+        for status in ("400", "401", "404", "408", "413", "415", "503", "504"):
+            assert set(responses[status]["content"]) == {"application/json"}, (endpoint, status)
+    assert "422" in spec["paths"]["/v1/decode"]["post"]["responses"]
+    assert {"/health/live", "/health/ready"} <= set(spec["paths"])
+    for path in ("/health", "/health/live", "/health/ready"):
+        assert client.head(path, headers={"X-API-Key": ""}).status_code == 200

@@ -69,7 +69,7 @@ def test_timeout_504_then_dead_worker_503_restart_and_recovery(root):
         t0 = time.monotonic()
         r = encode(srv)
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
-        assert TIMEOUT - 0.5 < time.monotonic() - t0 < TIMEOUT + 3
+        assert TIMEOUT - 0.5 < time.monotonic() - t0 < TIMEOUT + 10  # generous: busy CI machines
         os.kill(worker, signal.SIGCONT)
         assert encode(srv).status_code == 200
 
@@ -146,7 +146,7 @@ def test_sigterm_refuses_new_connections_at_once_and_finishes_in_flight(root):
                 return await held, refused_in
 
         held, refused_in = asyncio.run(scenario())
-        assert refused_in < 1.0
+        assert refused_in < 3.0  # a refusal, not a hang until the 5 s client timeout
         assert held.status_code == 200
         assert srv.proc.wait(60) == 0
     finally:

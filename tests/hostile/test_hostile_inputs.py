@@ -101,7 +101,7 @@ def test_slow_headers_are_cut_off(live, client):
     with _raw(live, b"GET /v1/models HTTP/1.1\r\n") as s:
         s.settimeout(0.3)
         closed = False
-        while time.monotonic() - start < HEADER_TIMEOUT + 10:
+        while time.monotonic() - start < HEADER_TIMEOUT + 15:
             try:
                 s.sendall(b"X")
                 if s.recv(1024) == b"":
@@ -112,7 +112,7 @@ def test_slow_headers_are_cut_off(live, client):
             except OSError:  # reset by the server
                 closed = True
                 break
-    assert closed and time.monotonic() - start < HEADER_TIMEOUT + 3
+    assert closed and time.monotonic() - start < HEADER_TIMEOUT + 8
     assert ready(client)
 
 
@@ -135,9 +135,9 @@ def test_the_key_is_refused_on_the_command_line(root):
     assert out.returncode == 2 and "VQTOK_API_KEY" in out.stderr and "--api-key-file" in out.stderr
 
 
-def test_still_serving_correctly_after_the_catalogue(client, root):
+def test_still_serving_correctly_after_the_catalogue(live, client, root):
     tok = local_tokenizer(root / "models" / "tiny-a")
     data = PHOTOS[1].read_bytes()
     r = client.post("/v1/encode", content=data, headers={"Content-Type": "image/jpeg"})
-    assert r.status_code == 200
+    assert r.status_code == 200, (r.text, live.log_text()[-4000:])
     np.testing.assert_array_equal(np.array(r.json()["codes"]), tok.encode(data)[0])
