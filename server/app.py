@@ -58,12 +58,14 @@ class Settings:
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
+    large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
     header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels))
+        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels),
+                      large_slots=self.large_slots)
 
 
 def visible_gpus() -> int:

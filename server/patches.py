@@ -108,8 +108,11 @@ class EdgeHandler(RegularRequestHandler):
 
     async def handle_request(self, request: Request, request_type) -> Response:
         payload = await self._prepare_request(request, request_type)
-        result = await wait_for_reply(self, payload, self.server.settings.timeout,
-                                      self.server.watch.of(self.lit_api.api_path))
+        timeout = self.server.settings.timeout
+        start = time.monotonic()
+        async with self.lit_api.admission(payload, timeout):  # large requests: a few at a time (head-of-line)
+            left = None if not timeout or timeout < 0 else max(0.001, timeout - (time.monotonic() - start))
+            result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
         if result.get("status") != 200:
             return error_response(result.get("status", 500), result.get("message", "request failed"),
                                   result.get("code"))
