@@ -2,6 +2,7 @@
 
     python -m bench.colour_ab MODEL_DIR... [--data ../shared/data/photos/manifest.tsv]
     python -m bench.colour_ab --sensitivity MODEL_DIR   # how much the losses see a colour change vs the model's error
+    python -m bench.colour_ab --bottleneck MODEL_DIR    # flat colours decoded from codes vs from the unquantised e
 
 Cheaper than `vqtok eval` (no perceptual or Fréchet networks, smaller images) so that several short fine-tuning
 runs can be compared on a busy 2-core machine; the shipped numbers come from `vqtok eval` at 256².
@@ -27,7 +28,7 @@ def score(model_dir: str, data: str, val_size: int = 128, colour_size: int = 64)
     c = colour_set_metrics(model, colour_size)
     ps, de = [], []
     for p in list_images(data, "val"):
-        real = prepare(p, "resize", val_size, model.factor)[0]
+        real = np.array(prepare(p, "resize", val_size, model.factor)[0])  # writable: torch warns on read-only
         rec = to_uint8(model.decode(model.encode(to_model_range(torch.from_numpy(real[None])))))[0].numpy()
         ps.append(psnr(real, rec))
         de.append(mean_delta_e(real, rec))
@@ -60,13 +61,40 @@ def sensitivity(model_dir: str, data: str, size: int = 128) -> dict:
     return out
 
 
+@torch.no_grad()
+def bottleneck(model_dir: str, size: int = 64) -> dict:
+    """ΔE of each flat colour-set image decoded from its codes and from the unquantised (l2-normalised) encoder
+    output e: if both are far off, the codebook is not what loses the colour (encoder/decoder never learned it)."""
+    import torch.nn.functional as F
+
+    from vqtok.tokenizer.colour import COLOUR_SET, flat_image
+
+    model = Tokenizer.from_pretrained(model_dir).eval()
+    names = list(COLOUR_SET)
+    real = np.stack([flat_image(COLOUR_SET[n], size) for n in names])
+    x = to_model_range(torch.from_numpy(real))
+    z = model.quant_proj(model.encoder(x))
+    e = F.normalize(z, dim=1) if model.config.normalize_codes else z
+    cont = to_uint8(model.decoder(model.post_quant_proj(e)).clamp(-1, 1)).numpy()
+    quant = to_uint8(model.decode(model.encode(x))).numpy()
+    rows = {n: {"codes": round(mean_delta_e(r, q), 2), "unquantised": round(mean_delta_e(r, c), 2),
+                "codes_rgb": q.reshape(-1, 3).mean(0).round().tolist()}
+            for n, r, q, c in zip(names, real, quant, cont)}
+    return {"mean_codes": float(np.mean([r["codes"] for r in rows.values()])),
+            "mean_unquantised": float(np.mean([r["unquantised"] for r in rows.values()])), "colours": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
     ap.add_argument("--data", default="../shared/data/photos/manifest.tsv")
     ap.add_argument("--sensitivity", action="store_true")
+    ap.add_argument("--bottleneck", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.bottleneck:
+        print(json.dumps(bottleneck(args.models[0]), indent=1))
+        return
     if args.sensitivity:
         print(json.dumps(sensitivity(args.models[0], args.data), indent=1))
         return
