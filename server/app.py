@@ -25,9 +25,12 @@ import litserve as ls
 from fastapi import Response
 from PIL import Image
 
+from vqtok import __version__
+
 from . import metrics, patches
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware
+from .docs import install_docs
 from .edge import Limits
 from .errors import install_error_handlers
 from .registry import Registry
@@ -115,6 +118,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
+        install_docs(self.app, "vqtok", __version__)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
@@ -130,6 +134,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         return Response(body, media_type=content_type)
 
     def run(self, *args, **kwargs) -> None:
+        patches.hide_bind_banner()  # `_start_server` logs the ready line instead
         try:
             super().run(*args, **kwargs)
         finally:
