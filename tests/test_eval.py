@@ -99,6 +99,7 @@ def test_codebook_stats_hand_checked(model, result):
     with torch.no_grad():
         _, aux = model(x)  # the quantizer's own ‖e − q‖², all five images in one batch
     assert result["quant_error"] == pytest.approx(float(aux["quant_error"]), rel=1e-4)
+    assert result["quant_error_rel"] == pytest.approx(float(aux["quant_error"] / aux["e_sq"]), rel=1e-4)
 
 
 def test_psnr_matches_decode(model, result):

@@ -60,8 +60,8 @@ def bits_per_pixel(codebook_size: int, h: int, w: int, height: int, width: int) 
 
 
 @torch.no_grad()
-def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² per position [B, h, w]), as the quantizer computes it."""
+def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, 3, H, W] in [-1, 1] → (codes, ‖e − q‖², ‖e‖², each [B, h, w]), e and q as the quantizer sees them."""
     z = model.quant_proj(model.encoder(x))
     b, d, h, w = z.shape
     e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
@@ -69,7 +69,7 @@ def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, 
         e = F.normalize(e, dim=-1, eps=1e-6)
     codes = model.quantizer.nearest(e)
     err = (e - model.quantizer.lookup_table()[codes]).pow(2).sum(-1)
-    return codes.view(b, h, w), err.view(b, h, w)
+    return codes.view(b, h, w), err.view(b, h, w), e.pow(2).sum(-1).view(b, h, w)
 
 
 def _keep_extremes(kept: list, n: int) -> list:
@@ -110,17 +110,18 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
     fd_net = fd_net.to(dev)
 
     counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    err_sum, n_pos = 0.0, 0
+    err_sum, e_sq_sum, n_pos = 0.0, 0.0, 0
     per_image, p_dists, feats_real, feats_rec, kept = [], [], [], [], []
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         real_u8 = torch.from_numpy(np.stack([prepare(p, "resize", size, f)[0] for p in chunk]))  # [B, H, W, 3]
         x = to_model_range(real_u8).to(dev)
-        codes, err = encode_with_error(model, x)
+        codes, err, e_sq = encode_with_error(model, x)
         recon = model.decode(codes)
         rec_u8 = to_uint8(recon).cpu()
         counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
         err_sum, n_pos = err_sum + float(err.double().sum()), n_pos + err.numel()
+        e_sq_sum += float(e_sq.double().sum())
         recon_q = to_model_range(rec_u8).to(dev)  # score what a user sees: the rounded uint8 reconstruction
         if pdist is not None:
             p_dists += pdist(recon_q, x).flatten().cpu().tolist()
@@ -147,6 +148,8 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
         "usage_pct": 100.0 * int((counts > 0).sum()) / cfg.codebook_size,
         "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
         "quant_error": err_sum / n_pos,
+        # mean ‖e − q‖² / mean ‖e‖²: comparable across models whose encoder outputs differ in scale (euclidean codes)
+        "quant_error_rel": err_sum / max(e_sq_sum, 1e-12),
         "bpp": bits_per_pixel(cfg.codebook_size, h, w, size, size),
         "seconds": time.time() - t0,
         "per_image": per_image,
