@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS),
                    help="quantizer settings (tokenizer.quantizer.QUANTIZER_PRESETS)")
     p.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=["euclidean"])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="run only these arms (e.g. one process per arm, so that both arms of a pair progress together)")
     p.add_argument("--timing-repeats", type=int, default=40, help="step-time rounds (0: skip the measurement)")
     p.add_argument("--no-report", action="store_true", help="train and evaluate only (another call writes the report)")
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one seed (fixture photos)")
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:  # seed-major: a partial study still holds complete matched pairs
         for settings in args.settings:
             for cb in args.codebooks:
-                for arm in ARMS:
+                for arm in args.arms:
                     r = train_and_eval(spec, args.data, Path(args.out) / f"{settings}-{cb}-{arm}-s{seed}", settings,
                                        cb, arm, seed, args.threads, (pdist, pdist.net))
                     runs.append(r)
