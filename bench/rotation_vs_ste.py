@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ SMOKE = dict(model=dict(base_channels=8, channel_mult=[1, 2, 2], num_res_blocks=
 
 
 def train_and_eval(spec: dict, data: str, run_dir: Path, settings: str, codebook: str, arm: str, seed: int,
-                   threads: int, nets: tuple) -> dict:
+                   threads: int, nets: tuple, device: str = "cpu") -> dict:
     from vqtok.tokenizer.eval import evaluate
     from vqtok.tokenizer.model import Tokenizer
     from vqtok.tokenizer.train import TrainConfig, train
@@ -51,19 +52,25 @@ def train_and_eval(spec: dict, data: str, run_dir: Path, settings: str, codebook
         (run_dir / "metrics.jsonl").unlink()  # an interrupted run restarts from scratch
     model = spec["model"] | quantizer_preset(settings) | {"normalize_codes": CODEBOOKS[codebook], "gradient": arm}
     cfg = TrainConfig(data=data, split="train", out=str(run_dir), model=model, seed=seed, **spec["train"],
-                      checkpoint_every=10**9, log_every=10, grid_every=0, workers=0, device="cpu", threads=threads,
+                      checkpoint_every=10**9, log_every=10, grid_every=0, workers=0, device=device, threads=threads,
                       progress=False)
     t0 = time.time()
     fit = train(cfg)
     train_s = time.time() - t0
-    ev = evaluate(Tokenizer.from_pretrained(run_dir), data, split="val", size=spec["eval_size"], batch_size=8,
-                  perceptual=nets[0], fd_net=nets[1])
+    ev = evaluate(Tokenizer.from_pretrained(run_dir).to(fit_device(device)), data, split="val",
+                  size=spec["eval_size"], batch_size=8, perceptual=nets[0], fd_net=nets[1])
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    out = {"settings": settings, "codebook": codebook, "arm": arm, "seed": seed, "train_s": train_s, "final_loss": fit.get("loss"),
+    out = {"settings": settings, "codebook": codebook, "arm": arm, "seed": seed, "train_s": train_s,
+           "final_loss": fit.get("loss"),
            "eval": {k: ev[k] for k in METRICS + ("n_images", "size", "bpp", "codes_used", "seconds")},
            "curve": [{k: c[k] for k in ("step", "usage", "quant_error", "e_sq", "rec")} for c in curve]}
     done.write_text(json.dumps(out) + "\n")
     return out
+
+
+def fit_device(device: str) -> str:
+    """The device tokenizer.train's `device` option resolves to (single process)."""
+    return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
 def step_time_ratio(spec: dict, settings: str, codebook: str, repeats: int, threads: int) -> dict:
@@ -88,7 +95,8 @@ def step_time_ratio(spec: dict, settings: str, codebook: str, repeats: int, thre
             if i >= 2:  # two warm-up rounds
                 times[arm].append(dt)
     ratios = [r / s for r, s in zip(times["rotation"], times["ste"])]
-    return {"settings": settings, "codebook": codebook, "repeats": repeats, "median_rotation_s": statistics.median(times["rotation"]),
+    return {"settings": settings, "codebook": codebook, "repeats": repeats,
+            "median_rotation_s": statistics.median(times["rotation"]),
             "median_ste_s": statistics.median(times["ste"]), "median_ratio": statistics.median(ratios)}
 
 
@@ -174,6 +182,44 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def read_curves(out: Path) -> list[dict]:
+    """The training curves (metrics.jsonl) of every run folder under `out`, finished or still running."""
+    runs = []
+    for d in sorted(out.iterdir()) if out.is_dir() else []:
+        m = re.fullmatch(r"(.+)-(" + "|".join(CODEBOOKS) + r")-(" + "|".join(ARMS) + r")-s(\d+)", d.name)
+        lines = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").is_file() else []
+        curve = [json.loads(line) for line in lines if line.endswith("}")]  # a line being written is skipped
+        if m and curve:
+            runs.append({"settings": m[1], "codebook": m[2], "arm": m[3], "seed": int(m[4]),
+                         "curve": [{k: c[k] for k in ("step", "usage", "quant_error", "e_sq", "rec")} for c in curve]})
+    return runs
+
+
+def curve_table(runs: list[dict], window: int = 5) -> tuple[str, dict]:
+    """Training-batch metrics of matched pairs at the last step both runs of the pair reached (mean of the last
+    `window` logged points up to it), per cell and arm, and the paired differences; for runs still training."""
+    keys = ("usage", "quant_error_rel", "rec")
+    by_pair: dict[tuple, dict] = {}
+    for r in runs:
+        by_pair.setdefault((cell(r), r["seed"]), {})[r["arm"]] = r
+    rows: dict[str, dict] = {}
+    for (c, seed), arms in sorted(by_pair.items()):
+        if set(arms) != set(ARMS):
+            continue
+        step = min(a["curve"][-1]["step"] for a in arms.values())
+        vals = {}
+        for arm, r in arms.items():
+            pts = [p for p in r["curve"] if p["step"] <= step][-window:]
+            vals[arm] = {k: statistics.fmean(_curve(p, k) for p in pts) for k in keys}
+        rows[f"{c} s{seed}"] = {"step": step, **vals, "diff": {k: vals["rotation"][k] - vals["ste"][k] for k in keys}}
+    lines = ["| cell, seed | step | usage % rot / STE | ‖e−q‖²/‖e‖² rot / STE | L1 rot / STE |",
+             "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['step']} | " + " | ".join(
+            f"{row['rotation'][k]:{f}} / {row['ste'][k]:{f}}" for k, f in zip(keys, (".1f", ".3f", ".4f"))) + " |")
+    return "\n".join(lines) + "\n", rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", help="folder with manifest.tsv (train/val split) or a folder of images "
@@ -188,10 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codebooks", nargs="+", choices=list(CODEBOOKS), default=["euclidean"])
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
                    help="run only these arms (e.g. one process per arm, so that both arms of a pair progress together)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (training in bf16 autocast on cuda, as "
+                   "tokenizer.train does; the quantizer stays fp32)")
     p.add_argument("--timing-repeats", type=int, default=40, help="step-time rounds (0: skip the measurement)")
     p.add_argument("--no-report", action="store_true", help="train and evaluate only (another call writes the report)")
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one seed (fixture photos)")
+    p.add_argument("--curves", action="store_true", help="no training: table and plot of the training curves of the "
+                   "runs under --out so far (finished or not), compared at the step both runs of a pair reached")
     args = p.parse_args(argv)
+    if args.curves:
+        runs = read_curves(Path(args.out))
+        table, rows = curve_table(runs)
+        report = Path(args.report)
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "rotation_vs_ste_curves.json").write_text(json.dumps({"pairs": rows, "runs": runs}) + "\n")
+        plot(runs, report / "rotation_vs_ste.png")
+        print(table)
+        return 0
 
     from vqtok.tokenizer.perceptual import PerceptualDistance
 
@@ -216,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             for cb in args.codebooks:
                 for arm in args.arms:
                     r = train_and_eval(spec, args.data, Path(args.out) / f"{settings}-{cb}-{arm}-s{seed}", settings,
-                                       cb, arm, seed, args.threads, (pdist, pdist.net))
+                                       cb, arm, seed, args.threads, (pdist, pdist.net), args.device)
                     runs.append(r)
                     print(f"[{time.time() - t0:7.0f}s] {settings:11s} {cb:9s} {arm:8s} seed {seed}: "
                           + " ".join(f"{m}={r['eval'][m]:.4g}" for m in METRICS if r["eval"].get(m) is not None),
@@ -226,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(runs)
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
-    result = {"spec": spec, "data": args.data, "seeds": seeds, "settings": {s: quantizer_preset(s) for s in args.settings},
+    result = {"spec": spec, "data": args.data, "seeds": seeds,
+              "settings": {s: quantizer_preset(s) for s in args.settings},
               "wall_s": time.time() - t0, "threads": args.threads,
               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "step_time": timing, **summary, "runs": runs}

@@ -46,6 +46,18 @@ def test_smoke_study(tmp_path):
         assert cfgs[0] == cfgs[1]
         assert cfgs[0]["model"].items() >= study.quantizer_preset(settings).items()
 
+    # --curves reads the same runs' training logs (as it would while they still train) and pairs them by step.
+    assert study.main(["--curves", "--out", str(tmp_path / "runs"), "--report", str(tmp_path / "curves")]) == 0
+    rows = json.loads((tmp_path / "curves" / "rotation_vs_ste_curves.json").read_text())["pairs"]
+    assert set(rows) == {f"{c} s0" for c in cells}
+    for name, row in rows.items():
+        assert row["step"] == study.SMOKE["train"]["steps"]
+        run = next(r for r in res["runs"] if f"{study.cell(r)} s0" == name and r["arm"] == "ste")
+        last = run["curve"][-1]
+        assert row["ste"]["rec"] == pytest.approx(last["rec"])
+        assert row["ste"]["usage"] == pytest.approx(100 * last["usage"])
+        assert row["diff"]["usage"] == pytest.approx(row["rotation"]["usage"] - row["ste"]["usage"])
+
 
 def test_summary_and_table_on_hand_made_runs():
     """Grouping, paired differences and the markdown table, on runs made up here (no training)."""
