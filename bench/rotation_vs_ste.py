@@ -26,7 +26,7 @@ import torch
 from vqtok.tokenizer.quantizer import QUANTIZER_PRESETS, quantizer_preset
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("usage_pct", "perplexity", "quant_error", "quant_error_rel", "psnr", "ssim", "perceptual", "fd_effnet")
+METRICS = ("usage_pct", "perplexity", "quant_error", "quant_error_ratio", "psnr", "ssim", "perceptual", "fd_effnet")
 ARMS = ("rotation", "ste")
 CODEBOOKS = {"euclidean": False, "l2": True}
 SETTINGS = tuple(QUANTIZER_PRESETS)
@@ -125,7 +125,7 @@ def summarise(runs: list[dict]) -> dict:
     return {"per_arm": table, "paired_rotation_minus_ste": paired}
 
 
-FMT = {"usage_pct": ".1f", "perplexity": ".1f", "quant_error": ".4f", "quant_error_rel": ".3f", "psnr": ".2f",
+FMT = {"usage_pct": ".1f", "perplexity": ".1f", "quant_error": ".4f", "quant_error_ratio": ".3f", "psnr": ".2f",
        "ssim": ".3f", "perceptual": ".3f", "fd_effnet": ".1f"}
 
 
@@ -143,14 +143,14 @@ def markdown(summary: dict) -> str:
 
 
 CURVES = (("usage", "usage in the training batch", "% of K"),
-          ("quant_error_rel", "‖e − q‖² / ‖e‖² (batch means)", "ratio"),
+          ("quant_error_ratio", "‖e − q‖² / ‖e‖² (batch means)", "ratio"),
           ("rec", "L1 reconstruction loss", "L1"))
 
 
 def _curve(c: dict, key: str) -> float:
     if key == "usage":
         return 100 * c["usage"]
-    if key == "quant_error_rel":
+    if key == "quant_error_ratio":
         return c["quant_error"] / max(c.get("e_sq", 1.0), 1e-12)
     return c[key]
 
@@ -198,7 +198,7 @@ def read_curves(out: Path) -> list[dict]:
 def curve_table(runs: list[dict], window: int = 5) -> tuple[str, dict]:
     """Training-batch metrics of matched pairs at the last step both runs of the pair reached (mean of the last
     `window` logged points up to it), per cell and arm, and the paired differences; for runs still training."""
-    keys = ("usage", "quant_error_rel", "rec")
+    keys = ("usage", "quant_error_ratio", "rec")
     by_pair: dict[tuple, dict] = {}
     for r in runs:
         by_pair.setdefault((cell(r), r["seed"]), {})[r["arm"]] = r
