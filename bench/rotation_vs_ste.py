@@ -26,7 +26,8 @@ import torch
 from vqtok.tokenizer.quantizer import QUANTIZER_PRESETS, quantizer_preset
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("usage_pct", "perplexity", "quant_error", "quant_error_ratio", "psnr", "ssim", "perceptual", "fd_effnet")
+METRICS = ("usage_pct", "perplexity", "quant_error", "quant_error_ratio", "psnr", "ssim", "perceptual",
+           "fd_effnet")
 ARMS = ("rotation", "ste")
 CODEBOOKS = {"euclidean": False, "l2": True}
 SETTINGS = tuple(QUANTIZER_PRESETS)
@@ -73,13 +74,15 @@ def fit_device(device: str) -> str:
     return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
 
 
-def step_time_ratio(spec: dict, settings: str, codebook: str, repeats: int, threads: int) -> dict:
-    """Median time of forward+backward on one fixed batch, alternating rotation / STE on the same model."""
+def step_time_ratio(spec: dict, codebook: str, repeats: int, threads: int, settings: str | None = None) -> dict:
+    """Median time of forward+backward on one fixed batch, alternating rotation / STE on the same model.
+
+    `settings`: a quantizer preset laid over spec["model"] (None: the model config's own quantizer fields)."""
     from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = spec["model"] | quantizer_preset(settings) | {"normalize_codes": CODEBOOKS[codebook]}
+    cfg = spec["model"] | (quantizer_preset(settings) if settings else {}) | {"normalize_codes": CODEBOOKS[codebook]}
     model = Tokenizer(TokenizerConfig.from_dict(cfg)).train()
     crop, bs = spec["train"]["crop"], spec["train"]["batch_size"]
     x = torch.rand(bs, 3, crop, crop) * 2 - 1
@@ -125,8 +128,8 @@ def summarise(runs: list[dict]) -> dict:
     return {"per_arm": table, "paired_rotation_minus_ste": paired}
 
 
-FMT = {"usage_pct": ".1f", "perplexity": ".1f", "quant_error": ".4f", "quant_error_ratio": ".3f", "psnr": ".2f",
-       "ssim": ".3f", "perceptual": ".3f", "fd_effnet": ".1f"}
+FMT = {"usage_pct": ".1f", "perplexity": ".1f", "quant_error": ".4f", "quant_error_ratio": ".3f",
+       "psnr": ".2f", "ssim": ".3f", "perceptual": ".3f", "fd_effnet": ".1f"}
 
 
 def markdown(summary: dict) -> str:
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     repeats = 3 if args.smoke else args.timing_repeats
     # One measurement per codebook type: the settings change the loss weights, not the cost of the two estimators.
-    timing = [step_time_ratio(spec, args.settings[0], cb, repeats, args.threads) for cb in args.codebooks] \
+    timing = [step_time_ratio(spec, cb, repeats, args.threads, args.settings[0]) for cb in args.codebooks] \
         if repeats else []
     runs = []
     for seed in seeds:  # seed-major: a partial study still holds complete matched pairs
