@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .errors import ApiError
 from .guards import name_process, watch_parent
 from .registry import Registry
 
@@ -166,6 +168,35 @@ class TokenizerAPI(ls.LitAPI):
         metrics.get().codes.labels(self.api_path, mid).inc(codes)
 
     # -- edge half (HTTP process) -----------------------------------------------------------------------------------
+    _large_gate: asyncio.Semaphore | None = None  # made on first use, in the HTTP process (after the fork)
+
+    def payload_pixels(self, payload: dict) -> int:
+        if "image" in payload:
+            return payload["image"].shape[0] * payload["image"].shape[1]
+        h, w = payload["codes"].shape
+        return h * w * self.registry.models[payload["model"]].factor ** 2
+
+    @contextlib.asynccontextmanager
+    async def admission(self, payload: dict, timeout: float | None):
+        """Queue at most `limits.large_slots` requests larger than S×S at once: a client sending many max-size
+        requests would otherwise fill the endpoint's queue, and every small request behind them would wait for all
+        of them (six 128×128-grid decodes held a 32×32 one for 94 s). Small requests pass straight through;
+        waiting here counts toward the end-to-end timeout."""
+        if not self.outlier(payload["model"], self.payload_pixels(payload)):
+            yield
+            return
+        if self._large_gate is None:
+            self._large_gate = asyncio.Semaphore(self.limits.large_slots)
+        try:
+            await asyncio.wait_for(self._large_gate.acquire(), timeout if timeout and timeout > 0 else None)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no slot for a large request within the server's {timeout:g} s "
+                           "timeout (others are being served); retry later or send smaller requests") from None
+        try:
+            yield
+        finally:
+            self._large_gate.release()
+
     async def parse(self, request: Request) -> dict:
         raise NotImplementedError
 

@@ -29,9 +29,12 @@ from fastapi import Response
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 
+from vqtok import __version__
+
 from . import metrics, patches
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
+from .docs import install_docs
 from .edge import Limits
 from .errors import install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
@@ -58,12 +61,14 @@ class Settings:
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
+    large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
     header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels))
+        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels),
+                      large_slots=self.large_slots)
 
 
 def visible_gpus() -> int:
@@ -126,6 +131,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
+        install_docs(self.app, "vqtok", __version__)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
@@ -168,6 +174,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
 
     def run(self, *args, **kwargs) -> None:
         watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
+        patches.hide_bind_banner()  # `_start_server` logs the ready line instead
         try:
             super().run(*args, **kwargs)
         finally:
