@@ -12,7 +12,9 @@ What this adds to LitServe 0.2.19 (pinned):
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -30,11 +32,11 @@ from litserve.utils import WorkerSetupStatus
 from PIL import Image
 from starlette.middleware.gzip import GZipMiddleware
 
-from . import metrics, transport
+from . import metrics, page, telemetry, transport
 from .apis import API_CLASSES, TokenizerAPI
 from .auth import ApiKeyMiddleware
 from .edge import Limits
-from .errors import error_response, install_error_handlers
+from .errors import ApiError, error_response, install_error_handlers
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -58,6 +60,7 @@ class Settings:
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/transport.py)
     timeout: float = 60.0  # seconds a request may wait in the queue
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
+    telemetry_window: float = 300.0  # seconds of codes the token telemetry (/metrics, /v1/models/{id}/usage) covers
 
     @property
     def limits(self) -> Limits:
@@ -120,6 +123,7 @@ class VqtokServer(ls.LitServer):
             settings = dataclasses.replace(settings, workers=default_workers(settings.device))
         self.registry, self.settings = registry, settings
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
+        self.telemetry = telemetry.Telemetry(registry, metrics.get().path, settings.telemetry_window)
         threads = threads_per_worker(settings, devices)
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
                     settings.ort_batch) for cls in API_CLASSES]
@@ -135,7 +139,11 @@ class VqtokServer(ls.LitServer):
         # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
         self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
         install_error_handlers(self.app)
+        page.install(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
+                               tags=["vqtok"])
+        self.app.add_api_route("/v1/models/{model_id}/usage", self._usage_route, methods=["GET"],
+                               summary="A model's code histogram over the telemetry window (and all time)",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"])
@@ -145,8 +153,16 @@ class VqtokServer(ls.LitServer):
     async def _models_route(self) -> dict:
         return self.registry.describe()
 
+    async def _usage_route(self, model_id: str, request: Request) -> Response:
+        if model_id not in self.registry.models:
+            raise ApiError(404, "model_not_found", f"unknown model {model_id[:80]!r}; served models: "
+                           f"{', '.join(self.registry.models)} (GET /v1/models)")
+        request.state.vqtok_model = model_id
+        usage = await asyncio.to_thread(self.telemetry.usage, model_id)
+        return Response(json.dumps(usage), media_type="application/json")
+
     async def _metrics_route(self) -> Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(self.telemetry)
         return Response(body, media_type=content_type)
 
     # -- LitServe hooks --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""API-key check for every route except `/health`: `X-API-Key: KEY` or `Authorization: Bearer KEY`."""
+"""API-key check for every route except `/health` and the web page `/` (static, no data; its calls carry the key):
+`X-API-Key: KEY` or `Authorization: Bearer KEY`."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,7 @@ from starlette.datastructures import Headers
 
 from .errors import error_response
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})
 
 
 def _digest(key: str) -> bytes:

@@ -17,7 +17,8 @@ def test_wheel_installs_only_the_vqtok_namespace(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"vqtok"}, sorted(top)
     for module in ("vqtok/__init__.py", "vqtok/cli/__init__.py", "vqtok/tokenizer/model.py", "vqtok/export/runtime.py",
-                   "vqtok/server/app.py", "vqtok/pipeline/run.py", "vqtok/weights/vqtok-f8-k1024/encoder.onnx"):
+                   "vqtok/server/app.py", "vqtok/server/static/index.html", "vqtok/pipeline/run.py",
+                   "vqtok/weights/vqtok-f8-k1024/encoder.onnx", "vqtok/weights/vqtok-f8-k1024/code_histogram.json"):
         assert module in names, module
 
 
