@@ -1,7 +1,8 @@
 """The vqtok tokenizer server: one LitServer with three batched LitAPIs plus GET routes.
 
-Routes: POST /v1/encode, /v1/decode, /v1/reconstruct (dynamic batching across requests); GET /v1/models,
-/metrics (Prometheus), /health (LitServe: 200 once every worker has loaded every model), /info, /docs.
+Routes: POST /v1/encode, /v1/decode, /v1/reconstruct (dynamic batching across requests); GET / (the web page,
+page.py), /v1/models, /v1/models/{id}/usage (token telemetry, telemetry.py), /metrics (Prometheus), /health
+(LitServe: 200 once every worker has loaded every model), /info, /docs.
 
 What this adds to LitServe 0.2.19 (pinned):
 - requests are parsed and validated at the edge (`TokenizerAPI.parse`, in the HTTP process) before they are queued;
@@ -20,23 +21,18 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
 from fastapi import Request, Response
-from litserve.server import RegularRequestHandler
-from litserve.transport.factory import TransportConfig
-from litserve.utils import WorkerSetupStatus
 from PIL import Image
-from starlette.middleware.gzip import GZipMiddleware
 
-from . import metrics, page, telemetry, transport
-from .apis import API_CLASSES, TokenizerAPI
+from . import metrics, page, patches, telemetry
+from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware
 from .edge import Limits
-from .errors import ApiError, error_response, install_error_handlers
+from .errors import ApiError, install_error_handlers
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -57,7 +53,7 @@ class Settings:
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
-    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/transport.py)
+    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds a request may wait in the queue
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
     telemetry_window: float = 300.0  # seconds of codes the token telemetry (/metrics, /v1/models/{id}/usage) covers
@@ -94,22 +90,9 @@ def threads_per_worker(settings: Settings, devices: int) -> int:
     return max(1, cores // (settings.workers * devices))
 
 
-class _EdgeHandler(RegularRequestHandler):
-    """LitServe's request handler with our parser in front and our response shape behind."""
-
-    async def _prepare_request(self, request: Request, request_type) -> dict:
-        return await self.lit_api.parse(request)
-
-    async def handle_request(self, request: Request, request_type) -> Response:
-        result = await super().handle_request(request, request_type)
-        if result.get("status") != 200:
-            return error_response(result.get("status", 500), result.get("message", "request failed"),
-                                  result.get("code"))
-        return Response(result["body"], media_type=result["media_type"], headers=result.get("headers"))
-
-
-class VqtokServer(ls.LitServer):
-    """The LitServer with the vqtok routes, edge validation, auth, metrics and the start/stop behaviour above."""
+class VqtokServer(patches.ServerOverrides, ls.LitServer):
+    """The LitServer with the vqtok routes, edge validation, auth, metrics and the start/stop behaviour above
+    (the LitServe methods it replaces are in `patches.ServerOverrides`)."""
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         if settings.device not in ("cpu", "cuda"):
@@ -133,11 +116,9 @@ class VqtokServer(ls.LitServer):
                          middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
                                       (metrics.MetricsMiddleware, {})])
         self.uvicorn_graceful_timeout = settings.graceful_timeout
-        if settings.fast_queue:  # LitServe 0.2.19 drops fast_queue=True on the floor: set the transport it meant
-            transport.install()
-            self.transport_config = TransportConfig(transport_type="zmq")
-        # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
-        self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
+        if settings.fast_queue:
+            patches.use_zmq_transport(self)
+        patches.drop_gzip(self.app)
         install_error_handlers(self.app)
         page.install(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
@@ -165,53 +146,6 @@ class VqtokServer(ls.LitServer):
         body, content_type = metrics.render(self.telemetry)
         return Response(body, media_type=content_type)
 
-    # -- LitServe hooks --------------------------------------------------------------------------------------------
-    def _register_api_endpoints(self, lit_api: TokenizerAPI, request_type, response_type) -> None:
-        handler = _EdgeHandler(lit_api, self)
-
-        async def endpoint(request: Request) -> Response:
-            return await handler.handle_request(request, Request)
-
-        self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
-                               tags=["vqtok"], response_class=Response,
-                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}})
-
-    def verify_worker_status(self) -> None:
-        """Wait until *every* worker has loaded every model; refuse to start if any failed."""
-        while True:
-            states = dict(self.workers_setup_status)
-            dead = [p for p in self.inference_workers if not p.is_alive()]
-            if dead or WorkerSetupStatus.ERROR in states.values():
-                raise RuntimeError("an inference worker failed to load the models (see the log above); "
-                                   "nothing is served")
-            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
-                return
-            time.sleep(0.05)
-
-    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
-        with self._stop_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        event = getattr(self, "_shutdown_event", None)
-        if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
-            setter = threading.Thread(target=_set_event, args=(event,), daemon=True)
-            setter.start()
-            setter.join(5)
-        procs = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
-        for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
-            if w.is_alive():
-                w.terminate()
-        for w in procs:
-            w.join(self.uvicorn_graceful_timeout + 5)
-            if w.is_alive():
-                w.kill()
-        for t in threading.enumerate():  # the monitor must not poll the manager while it shuts down
-            if t.name == "litserve-monitoring" and t is not threading.current_thread():
-                t.join(self.monitor_internal + 3)
-        rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
-        super()._perform_graceful_shutdown(manager, rest, "normal")
-
     def run(self, *args, **kwargs) -> None:
         try:
             super().run(*args, **kwargs)
@@ -220,7 +154,9 @@ class VqtokServer(ls.LitServer):
 
 
 def _check_cuda() -> int:
-    import onnxruntime as ort
+    from vqtok.export.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "
@@ -270,7 +206,7 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
             raise KeyboardInterrupt  # still starting: unwind; run() reaps what was started
         logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
         # a fresh thread gets its own manager connection (the main one is busy waiting on this very event)
-        threading.Thread(target=_set_event, args=(event,), daemon=True).start()
+        threading.Thread(target=patches.set_event, args=(event,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -278,9 +214,3 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
         api_servers = max(1, len(server.devices) * server.settings.workers)
     server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
 
-
-def _set_event(event) -> None:
-    try:
-        event.set()
-    except Exception:  # the manager is already gone: shutdown is under way anyway
-        pass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from vqtok.export.runtime import InvalidCodes, validate_codes
@@ -59,8 +59,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             chunks.append(chunk)
     except ClientDisconnect:
         raise bad_request("the client disconnected before sending the whole body") from None
-    request._body = body = b"".join(chunks)  # lets request.form() parse what was read
-    return body
+    return b"".join(chunks)
 
 
 def _body_too_large(limit: int) -> ApiError:
@@ -82,17 +81,23 @@ async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
             raise bad_request("the JSON body must be an object", "invalid_json")
         return Body({**fields, **data}, None)
     if mtype == "multipart/form-data":
-        return await _parse_multipart(request, fields, file_field)
+        return await _parse_multipart(request, body, fields, file_field)
     if mtype.startswith("image/") or mtype in RAW_TYPES:
         return Body(fields, body)
     raise ApiError(415, "unsupported_media_type", f"Content-Type {mtype!r} is not accepted: send application/json, "
                    "multipart/form-data, an image/* body or an application/x-npy body")
 
 
-async def _parse_multipart(request: Request, fields: dict, file_field: str) -> Body:
+async def _one_chunk(body: bytes):
+    yield body
+
+
+async def _parse_multipart(request: Request, body: bytes, fields: dict, file_field: str) -> Body:
+    # Starlette's own parser (what request.form() runs) over the bytes read_body already has
+    parser = MultiPartParser(request.headers, _one_chunk(body), max_files=2, max_fields=32)
     try:
-        form = await request.form(max_files=2, max_fields=32)
-    except (MultiPartException, StarletteHTTPException, ValueError, KeyError) as err:  # Starlette raises a 400
+        form = await parser.parse()
+    except (MultiPartException, StarletteHTTPException, ValueError, KeyError) as err:
         detail = getattr(err, "detail", None) or str(err)
         raise bad_request(f"malformed multipart body: {detail}", "invalid_multipart") from None
     blob = None
@@ -164,7 +169,7 @@ def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -
         raise ApiError(413, "image_too_large", f"{err}; send a smaller image") from None
     except Exception as err:  # noqa: BLE001 - Pillow raises many types (EOFError, struct.error, ...) on bad bytes
         logger.debug("undecodable upload", exc_info=err)
-        why = str(err) if isinstance(err, InvalidImage) and "BytesIO" not in str(err) else type(err).__name__
+        why = err.reason if isinstance(err, InvalidImage) and "BytesIO" not in err.reason else type(err).__name__
         raise ApiError(415, "unsupported_image", f"the upload is not a decodable image ({why}); send PNG, JPEG, "
                        "WebP, GIF, BMP or TIFF") from None
     if max(arr.shape[:2]) > entry.max_side:

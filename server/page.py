@@ -7,6 +7,8 @@ from importlib.resources import files
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
+from . import patches
+
 PAGE = "index.html"
 
 
@@ -17,11 +19,9 @@ def page_html() -> str:
 def install(app: FastAPI) -> None:
     """Serve the page at `/` in place of LitServe's plain-text "litserve running" index."""
     html = page_html()  # read once, at start-up: a missing file fails here, not on the first visit
-    app.router.routes = [r for r in app.router.routes
-                         if not (getattr(r, "path", None) == "/" and "GET" in (getattr(r, "methods", None) or ()))]
 
     async def index() -> HTMLResponse:
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
-    app.add_api_route("/", index, methods=["GET"], summary="The web page: see an image's tokens",
-                      tags=["vqtok"], response_class=HTMLResponse)
+    patches.replace_index(app, index, summary="The web page: see an image's tokens", tags=["vqtok"],
+                          response_class=HTMLResponse)

@@ -195,6 +195,26 @@ def test_bad_input_gets_the_right_json_error(client, endpoint, request_kw, statu
     assert "Traceback" not in r.text
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG holding only an IHDR chunk: Pillow reads the size without any pixel data."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
+def test_error_messages_quote_the_server_limit_and_say_it_once(client):
+    # 400 Mpx: over twice Pillow's MAX_IMAGE_PIXELS, so Pillow itself refuses to open it
+    r = client.post("/v1/encode", content=_png_header(20_000, 20_000), headers={"Content-Type": "image/png"})
+    assert r.status_code == 413, r.text
+    message = r.json()["error"]["message"]
+    assert f"the limit is {MAX_PIXELS}" in message and str(Image.MAX_IMAGE_PIXELS) not in message, message
+    r = client.post("/v1/encode", content=b"GIF89a but not really", headers={"Content-Type": "image/gif"})
+    assert r.status_code == 415 and r.json()["error"]["message"].count("decodable") == 1, r.text
+
+
 def test_npy_float_codes_are_rejected(client):
     buf = io.BytesIO()
     np.save(buf, np.zeros((4, 4), np.float32))
