@@ -7,6 +7,7 @@ import io
 import json
 import math
 import multiprocessing as mp
+import re
 
 import httpx
 import numpy as np
@@ -20,6 +21,9 @@ from vqtok.server import telemetry
 
 # The documented alert threshold (docs/OPERATIONS.md, deploy/prometheus/vqtok-alerts.yml): JS divergence in bits.
 DRIFT_THRESHOLD = 0.25
+ALERTS = REPO / "deploy" / "prometheus" / "vqtok-alerts.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "vqtok-dashboard.json"
+PROMETHEUS_OWN = {"up"}  # series Prometheus itself records for every scrape target
 DEFAULT = REPO / "weights" / "vqtok-f8-k1024"
 
 
@@ -143,3 +147,31 @@ def test_drift_rises_under_out_of_domain_traffic(default_server):
 def test_usage_of_an_unknown_model_is_a_404(default_server):
     r = httpx.get(default_server.url + "/v1/models/nope/usage", timeout=60)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def _referenced(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (string literals removed; functions and labels do not start vqtok_)."""
+    names = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r'"[^"]*"', '""', expr)))
+    return {n for n in names if n.startswith("vqtok_") or n in PROMETHEUS_OWN}
+
+
+def test_alert_rules_and_dashboard_reference_only_served_metrics(default_server):
+    yaml = pytest.importorskip("yaml")
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    assert rules and all({"alert", "expr", "labels", "annotations"} <= set(r) for r in rules)
+    drift = next(r for r in rules if r["alert"] == "VqtokTokenDrift")
+    assert f"vqtok_token_drift_js > {DRIFT_THRESHOLD}" in drift["expr"]  # the threshold the drift test checks
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [r["expr"] for r in rules]
+    exprs += [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in dash["templating"]["list"]]
+    assert len(exprs) > len(rules) + 8
+    with httpx.Client(base_url=default_server.url, timeout=600) as c:  # every labelled series has a sample
+        assert c.post("/v1/encode", files={"image": ("a.jpg", PHOTOS[0].read_bytes())}).status_code == 200
+        assert c.post("/v1/decode", json={"codes": [[1, 2], [3, 4]]}).status_code == 200
+        exposed = {line.split("{")[0].split(" ")[0] for line in c.get("/metrics").text.splitlines()
+                   if line and not line.startswith("#")}
+    missing = {(n, e) for e in exprs for n in _referenced(e) if n not in exposed and n not in PROMETHEUS_OWN}
+    assert not missing, f"alert rules / dashboard name metrics /metrics does not have: {sorted(missing)}"
+    assert {n for e in exprs for n in _referenced(e)} >= {"vqtok_token_drift_js", "vqtok_token_window_dead_fraction",
+                                                         "vqtok_requests_total", "vqtok_tokens_encoded_total"}
