@@ -132,3 +132,10 @@ prometheus_client.Counter("probe_total", "probe").inc()
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "VQTOK_METRICS_DIR")}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
     assert list(tmp_path.glob("counter_*.db")), "the counter sample was not written to the multiprocess directory"
+
+
+def test_header_deadline_protocol_is_a_subclass_per_timeout():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    a, b = patches.header_deadline_protocol(1.5), patches.header_deadline_protocol(3.0)
+    assert issubclass(a, HttpToolsProtocol) and (a.header_timeout, b.header_timeout) == (1.5, 3.0)
