@@ -51,7 +51,7 @@ def plot_training(metrics_path: str | Path, out: str | Path) -> Path | None:
         if np.isfinite(v).any() and np.nanmax(np.abs(v)) > 0:  # a loss that never switched on is left out
             a.plot(steps, v, label=key, lw=1)
     a.set(title="losses", xlabel="step")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper right")
     a = ax[0, 1]
     a.plot(steps, 100 * series("usage"), color="tab:blue", lw=1)
     a.set(title="codebook usage (batch) and perplexity", xlabel="step", ylabel="usage, % of K")
@@ -83,7 +83,7 @@ def plot_code_usage(counts: np.ndarray, out: str | Path) -> Path:
     a.set_yscale("log")
     a.set(xlim=(0, len(counts)), xlabel="code rank", ylabel="frequency",
           title=f"codebook usage: {used} of {len(counts)} codes used, {len(counts) - used} never")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper right")
     fig.savefig(out)
     return Path(out)
 
@@ -97,7 +97,7 @@ def plot_psnr(values: list[float], out: str | Path) -> Path:
     if finite.size:
         a.hist(finite, bins=min(30, max(5, finite.size // 2)), color="tab:green", edgecolor="white")
         a.axvline(finite.mean(), color="black", ls="--", lw=1, label=f"mean {finite.mean():.2f} dB")
-        a.legend(fontsize=8)
+        a.legend(fontsize=8, loc="upper right")
     extra = f", {v.size - finite.size} identical (inf)" if v.size > finite.size else ""
     a.set(xlabel="PSNR (dB)", ylabel="images", title=f"per-image PSNR, {v.size} images{extra}")
     fig.savefig(out)
