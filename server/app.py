@@ -32,9 +32,12 @@ from fastapi import Request, Response
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 
+from vqtok import __version__
+
 from . import metrics, page, patches, telemetry
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
+from .docs import install_docs
 from .edge import Limits
 from .errors import ApiError, install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
@@ -133,6 +136,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
+        install_docs(self.app, "vqtok", __version__)
         page.install(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
@@ -187,6 +191,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
 
     def run(self, *args, **kwargs) -> None:
         watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
+        patches.hide_bind_banner()  # `_start_server` logs the ready line instead
         try:
             super().run(*args, **kwargs)
         finally:
