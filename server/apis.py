@@ -215,7 +215,7 @@ _IMAGE_BODY = {
         "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
     "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "description": "base64 image bytes"}, "model": {"type": "string"},
+        "image": {"type": "string", "format": "byte", "minLength": 4, "description": "base64 image bytes"}, "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }

@@ -14,6 +14,7 @@ behavioural tests there and in test_server*.py check that each override still do
 | `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `replace_litserve_probes` | `GET /` and `GET /health` reply text with no Content-Type, documented as JSON; no HEAD | `/` dropped; `/health` is our readiness route (text/plain, GET and HEAD, documented) |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
 | `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
 | `multiprocess_values` | prometheus_client picks its value class once, at import | metrics must go to the shared multiprocess directory even if prometheus_client was imported before it existed |
@@ -34,6 +35,7 @@ import time
 from typing import Callable
 
 from fastapi import Request, Response
+from fastapi.responses import PlainTextResponse
 from litserve.server import RegularRequestHandler, ResponseBufferItem
 from litserve.transport.factory import TransportConfig, create_transport_from_config
 from litserve.transport.zmq_queue import Broker
@@ -69,6 +71,8 @@ UPSTREAM: dict[str, str] = {
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_response_complete": "64e254f28e389e76",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",
+    # replace_litserve_probes: the routes it removes are the ones this registers
+    "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
     # _perform_graceful_shutdown: called by run() and by the monitor thread (named "litserve-monitoring")
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
@@ -195,6 +199,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
     """The protocol class to pass as uvicorn's `http=` (one subclass per timeout: uvicorn instantiates it)."""
     return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
+
+
+def replace_litserve_probes(app, health_path: str, health_route) -> None:
+    """Drop LitServe's `GET /` and its health route; serve `health_route` (text/plain, GET and HEAD) there."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in ("/", health_path)]
+    app.add_api_route(health_path, health_route, methods=["GET"], tags=["health"], response_class=PlainTextResponse,
+                      summary="200 once every inference worker is up and has loaded its models, else 503")
+    app.add_api_route(health_path, health_route, methods=["HEAD"], include_in_schema=False)
 
 
 def drop_gzip(app) -> None:
