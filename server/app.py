@@ -30,9 +30,12 @@ from fastapi.responses import PlainTextResponse
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 
+from vqtok import __version__
+
 from . import metrics, patches
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
+from .docs import install_docs
 from .edge import Limits
 from .errors import install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
@@ -129,6 +132,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
+        install_docs(self.app, "vqtok", __version__)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
@@ -171,6 +175,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
 
     def run(self, *args, **kwargs) -> None:
         watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
+        patches.hide_bind_banner()  # `_start_server` logs the ready line instead
         try:
             super().run(*args, **kwargs)
         finally:

@@ -182,6 +182,19 @@ def test_api_key_on_every_route_but_health(client, headers, status):
     assert r.status_code == 401
 
 
+def test_docs_are_served_offline_and_titled_vqtok(client):
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and "<title>vqtok API</title>" in r.text, r.text[:500]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", r.text) + re.findall(r"url: *'([^']+)'", r.text)
+    assert refs and "http" not in r.text and not [u for u in refs if u.startswith("//")], refs  # no CDN
+    for url in refs:
+        asset = client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+    assert client.get("/openapi.json").json()["info"]["title"] == "vqtok"
+
+
 def test_unknown_route_and_method_are_json(client):
     assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
     r = client.get("/v1/encode")
