@@ -77,13 +77,12 @@ UPSTREAM: dict[str, str] = {
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_response_complete": "64e254f28e389e76",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
     "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",
-    # replace_health: the health route it removes is the one this registers
-    "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
     # _perform_graceful_shutdown: called by run() and by the monitor thread (named "litserve-monitoring")
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
     "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
-    # replace_index: __init__ → register_endpoints → _register_internal_endpoints adds GET /
+    # replace_index, replace_health: __init__ → register_endpoints → _register_internal_endpoints adds GET / and
+    # the health route
     "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
     # hide_bind_banner: run() calls Config.bind_socket, which logs the banner, before the workers load
     "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
