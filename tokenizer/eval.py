@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -62,11 +61,8 @@ def bits_per_pixel(codebook_size: int, h: int, w: int, height: int, width: int) 
 @torch.no_grad()
 def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² per position [B, h, w]), as the quantizer computes it."""
-    z = model.quant_proj(model.encoder(x))
-    b, d, h, w = z.shape
-    e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
-    if model.config.normalize_codes:
-        e = F.normalize(e, dim=-1, eps=1e-6)
+    b, h, w = x.shape[0], x.shape[2] // model.factor, x.shape[3] // model.factor
+    e = model.search_vectors(x)
     codes = model.quantizer.nearest(e)
     err = (e - model.quantizer.lookup_table()[codes]).pow(2).sum(-1)
     return codes.view(b, h, w), err.view(b, h, w)
