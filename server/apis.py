@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
 import io
 import json
 import logging
@@ -32,18 +31,10 @@ from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .guards import name_process, watch_parent
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
-
-
-def name_process(name: str) -> None:
-    """Name this process (/proc/PID/comm: `ps -o comm`, `top`), so each endpoint's workers and their memory can be
-    told apart; Linux keeps 15 bytes. A no-op where prctl is missing."""
-    try:
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -66,6 +57,8 @@ class TokenizerAPI(ls.LitAPI):
     endpoint = ""
     summary = ""
     request_body: dict = {}
+    reply_types: dict = {}  # 200 content types (OpenAPI)
+    error_statuses: tuple[int, ...] = (400, 401, 404, 408, 413, 415, 500, 503, 504)
     graphs: tuple[str, ...] = ("encoder", "decoder")  # the ONNX graphs this endpoint's workers load
 
     def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
@@ -80,6 +73,7 @@ class TokenizerAPI(ls.LitAPI):
         from vqtok.export.runtime import OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
+        watch_parent()  # exit with the main process, even after its kill -9
         name_process(f"vq-{self.endpoint}")  # before ORT starts its threads, which inherit the name
         kind = "cpu"
         if device.startswith("cuda"):  # one worker set per GPU: pin this worker to its device
@@ -158,7 +152,14 @@ class TokenizerAPI(ls.LitAPI):
     def encode_items(self, mid: str, items: list[dict]) -> np.ndarray:
         """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
         batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
-        return np.concatenate([tok.encode_array(batch[c]) for c in self.chunks(len(batch))])
+        release = self.outlier(mid, batch.shape[1] * batch.shape[2])
+        return np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+
+    def outlier(self, mid: str, pixels: int) -> bool:
+        """Images larger than the model's S×S (policy 'native', big code grids) make ONNX Runtime grow its arena to
+        their size; such calls give that memory back afterwards, so a worker returns to its S×S footprint
+        (docs/RELIABILITY.md, memory). S×S calls keep the arena: re-allocating it would cost every request."""
+        return pixels > self.registry.models[mid].image_size ** 2
 
     def count(self, mid: str, images: int, codes: int) -> None:
         metrics.get().images.labels(self.api_path, mid).inc(images)
@@ -189,11 +190,17 @@ _IMAGE_BODY = {
 }
 
 
+_IMAGE_REPLY = {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object", "required": ["image", "width", "height"]}}}
+
+
 class EncodeAPI(TokenizerAPI):
     endpoint = "encode"
     graphs = ("encoder",)
     summary = "Image → code grid (JSON, or int64 .npy with format=npy)"
     request_body = _IMAGE_BODY
+    reply_types = {"application/json": {"schema": {"type": "object", "required": ["codes", "shape"]}},
+                   "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
 
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, ("json", "npy"))
@@ -222,6 +229,8 @@ class DecodeAPI(TokenizerAPI):
     endpoint = "decode"
     graphs = ("decoder",)
     summary = "Code grid → PNG (or JSON with a base64 PNG with format=json)"
+    reply_types = _IMAGE_REPLY
+    error_statuses = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
     shape_key = "codes"
     request_body = {
         "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
@@ -240,7 +249,8 @@ class DecodeAPI(TokenizerAPI):
 
     def run_group(self, mid: str, items: list[dict]) -> list[dict]:
         grids, tok = np.stack([it["codes"] for it in items]), self.models[mid]
-        images = np.concatenate([tok.decode(grids[c]) for c in self.chunks(len(grids))])
+        release = self.outlier(mid, grids.shape[1] * grids.shape[2] * self.registry.models[mid].factor ** 2)
+        images = np.concatenate([tok.decode(grids[c], release) for c in self.chunks(len(grids))])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
         return [image_reply(mid, img, it["format"]) for it, img in zip(items, images)]
 
@@ -249,13 +259,15 @@ class ReconstructAPI(TokenizerAPI):
     endpoint = "reconstruct"
     summary = "Image → encode → decode → PNG (or JSON with a base64 PNG with format=json)"
     request_body = _IMAGE_BODY
+    reply_types = _IMAGE_REPLY
 
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, ("png", "json"))
 
     def run_group(self, mid: str, items: list[dict]) -> list[dict]:
         codes, tok = self.encode_items(mid, items), self.models[mid]
-        images = np.concatenate([tok.decode(codes[c]) for c in self.chunks(len(codes))])
+        release = self.outlier(mid, items[0]["image"].shape[0] * items[0]["image"].shape[1])
+        images = np.concatenate([tok.decode(codes[c], release) for c in self.chunks(len(codes))])
         self.count(mid, len(items), int(codes.size))
         return [image_reply(mid, img[: it["valid"][0], : it["valid"][1]], it["format"])
                 for it, img in zip(items, images)]

@@ -7,8 +7,11 @@ What this adds to LitServe 0.2.19 (pinned):
 - requests are parsed and validated at the edge (`TokenizerAPI.parse`, in the HTTP process) before they are queued;
 - errors are JSON `{"error": {"code", "message"}}` (errors.py), the API key is checked for every route but /health;
 - start-up waits for *every* worker and refuses to run if any fails (e.g. CUDA not really active);
-- shutdown on SIGTERM/SIGINT drains the HTTP processes first (in-flight requests finish while the workers still
-  run), then stops the workers and the manager, and reaps any child left.
+- shutdown on SIGTERM/SIGINT refuses new connections at once, drains the HTTP processes (in-flight requests finish
+  while the workers still run), then stops the workers and the manager, and reaps any child left;
+- hardening (docs/RELIABILITY.md): end-to-end --timeout (504), body/header read deadlines (408 / disconnect), a dead
+  worker is restarted (its requests: 503 + Retry-After), a dead HTTP process stops the server non-zero, children
+  exit with the main process (`guards.py`); /health/live and /health/ready (HEAD too).
 """
 from __future__ import annotations
 
@@ -18,23 +21,20 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
-from fastapi import Request, Response
-from litserve.server import RegularRequestHandler
-from litserve.transport.factory import TransportConfig
+from fastapi import Response
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
-from starlette.middleware.gzip import GZipMiddleware
 
-from . import metrics, transport
-from .apis import API_CLASSES, TokenizerAPI
-from .auth import ApiKeyMiddleware
+from . import metrics, patches
+from .apis import API_CLASSES
+from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .edge import Limits
-from .errors import error_response, install_error_handlers
+from .errors import install_error_handlers
+from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -55,8 +55,10 @@ class Settings:
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
-    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/transport.py)
-    timeout: float = 60.0  # seconds a request may wait in the queue
+    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
+    timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
+    read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
+    header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
     @property
@@ -91,22 +93,9 @@ def threads_per_worker(settings: Settings, devices: int) -> int:
     return max(1, cores // (settings.workers * devices))
 
 
-class _EdgeHandler(RegularRequestHandler):
-    """LitServe's request handler with our parser in front and our response shape behind."""
-
-    async def _prepare_request(self, request: Request, request_type) -> dict:
-        return await self.lit_api.parse(request)
-
-    async def handle_request(self, request: Request, request_type) -> Response:
-        result = await super().handle_request(request, request_type)
-        if result.get("status") != 200:
-            return error_response(result.get("status", 500), result.get("message", "request failed"),
-                                  result.get("code"))
-        return Response(result["body"], media_type=result["media_type"], headers=result.get("headers"))
-
-
-class VqtokServer(ls.LitServer):
-    """The LitServer with the vqtok routes, edge validation, auth, metrics and the start/stop behaviour above."""
+class VqtokServer(patches.ServerOverrides, ls.LitServer):
+    """The LitServer with the vqtok routes, edge validation, auth, metrics and the start/stop behaviour above
+    (the LitServe methods it replaces are in `patches.ServerOverrides`)."""
 
     def __init__(self, registry: Registry, settings: Settings) -> None:
         if settings.device not in ("cpu", "cuda"):
@@ -125,20 +114,30 @@ class VqtokServer(ls.LitServer):
                     settings.ort_batch) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
-                         timeout=settings.timeout, model_metadata=registry.describe(),
-                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
+                         timeout=settings.timeout, model_metadata=registry.describe(), restart_workers=True,
+                         middlewares=[(BodyDeadlineMiddleware, {"read_timeout": settings.read_timeout}),
+                                      (ApiKeyMiddleware, {"api_key": settings.api_key}),
                                       (metrics.MetricsMiddleware, {})])
+        self.watch = ProcessWatch({api.api_path: len(self._inference_workers_config_for_api(api.api_path))
+                                   for api in apis})
+        self._sockets: list = []
         self.uvicorn_graceful_timeout = settings.graceful_timeout
-        if settings.fast_queue:  # LitServe 0.2.19 drops fast_queue=True on the floor: set the transport it meant
-            transport.install()
-            self.transport_config = TransportConfig(transport_type="zmq")
-        # LitServe gzips every reply over 1 kB; PNG bodies are compressed already and gzip would cost HTTP-process CPU
-        self.app.user_middleware = [m for m in self.app.user_middleware if m.cls is not GZipMiddleware]
+        if settings.fast_queue:
+            patches.use_zmq_transport(self)
+        patches.drop_gzip(self.app)
         install_error_handlers(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"])
+        self.app.add_api_route("/health", self._ready_route, methods=["HEAD"], include_in_schema=False)
+        for path, route, summary in (
+                ("/health/live", self._live_route, "Liveness: 200 while this HTTP process answers"),
+                ("/health/ready", self._ready_route, "Readiness: 200 only when every inference worker is up and "
+                                                     "has loaded its models, else 503")):
+            self.app.add_api_route(path, route, methods=["GET"], tags=["health"], summary=summary,
+                                   response_class=Response)
+            self.app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
         logger.info("serving %s (default %s) on %s, %d worker(s) per endpoint per device, %d ORT thread(s) each",
                     ", ".join(registry.models), registry.default, settings.device, settings.workers, threads)
 
@@ -149,62 +148,38 @@ class VqtokServer(ls.LitServer):
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    # -- LitServe hooks --------------------------------------------------------------------------------------------
-    def _register_api_endpoints(self, lit_api: TokenizerAPI, request_type, response_type) -> None:
-        handler = _EdgeHandler(lit_api, self)
+    async def _live_route(self) -> Response:
+        return Response("ok", media_type="text/plain")
 
-        async def endpoint(request: Request) -> Response:
-            return await handler.handle_request(request, Request)
+    async def _ready_route(self) -> Response:
+        states = dict(self.workers_setup_status)  # LitServe's: READY once a (re)started worker loaded its models
+        ready = bool(states) and all(v == WorkerSetupStatus.READY for v in states.values()) and self.watch.all_up()
+        return Response("ok" if ready else "not ready", status_code=200 if ready else 503, media_type="text/plain")
 
-        self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
-                               tags=["vqtok"], response_class=Response,
-                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}})
-
-    def verify_worker_status(self) -> None:
-        """Wait until *every* worker has loaded every model; refuse to start if any failed."""
-        while True:
-            states = dict(self.workers_setup_status)
-            dead = [p for p in self.inference_workers if not p.is_alive()]
-            if dead or WorkerSetupStatus.ERROR in states.values():
-                raise RuntimeError("an inference worker failed to load the models (see the log above); "
-                                   "nothing is served")
-            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
-                return
-            time.sleep(0.05)
-
-    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
-        with self._stop_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        event = getattr(self, "_shutdown_event", None)
-        if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
-            setter = threading.Thread(target=_set_event, args=(event,), daemon=True)
-            setter.start()
-            setter.join(5)
-        procs = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
-        for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
-            if w.is_alive():
-                w.terminate()
-        for w in procs:
-            w.join(self.uvicorn_graceful_timeout + 5)
-            if w.is_alive():
-                w.kill()
-        for t in threading.enumerate():  # the monitor must not poll the manager while it shuts down
-            if t.name == "litserve-monitoring" and t is not threading.current_thread():
-                t.join(self.monitor_internal + 3)
-        rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
-        super()._perform_graceful_shutdown(manager, rest, "normal")
+    def worker_slots(self) -> list[tuple[str, int, mp.process.BaseProcess]]:
+        """(api path, LitServe worker id, process) for every inference worker, in LitServe's order."""
+        slots, i = [], 0
+        for api in self.litapi_connector:
+            for wid in range(len(self._inference_workers_config_for_api(api.api_path))):
+                if i < len(self.inference_workers):
+                    slots.append((api.api_path, wid, self.inference_workers[i]))
+                i += 1
+        return slots
 
     def run(self, *args, **kwargs) -> None:
+        watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
         try:
             super().run(*args, **kwargs)
         finally:
             reap_children()
+        if self.watch.fatal:
+            raise RuntimeError(self.watch.fatal)
 
 
 def _check_cuda() -> int:
-    import onnxruntime as ort
+    from vqtok.export.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "
@@ -254,17 +229,12 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
             raise KeyboardInterrupt  # still starting: unwind; run() reaps what was started
         logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
         # a fresh thread gets its own manager connection (the main one is busy waiting on this very event)
-        threading.Thread(target=_set_event, args=(event,), daemon=True).start()
+        threading.Thread(target=patches.set_event, args=(event,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if api_servers is None:
         api_servers = max(1, len(server.devices) * server.settings.workers)
+    logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())  # inherited by the forked HTTP processes
     server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
 
-
-def _set_event(event) -> None:
-    try:
-        event.set()
-    except Exception:  # the manager is already gone: shutdown is under way anyway
-        pass

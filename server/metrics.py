@@ -47,10 +47,11 @@ def get() -> SimpleNamespace:
     if _metrics is not None:
         return _metrics
     path = _metrics_dir()
-    from prometheus_client import Counter, Histogram, values
+    from prometheus_client import Counter, Histogram
 
-    if values.ValueClass is values.MutexValue:  # prometheus_client was imported before the directory was set
-        values.ValueClass = values.get_value_class()
+    from .patches import multiprocess_values
+
+    multiprocess_values()
     _metrics = SimpleNamespace(
         path=path,
         requests=Counter("vqtok_requests_total", "HTTP requests by endpoint, model and status",

@@ -83,6 +83,17 @@ def test_mode_I16_rescales_16_bit():
     assert rgb(Image.new("I;16B", (1, 1), 65535))[0, 0].tolist() == [255, 255, 255]
 
 
+def test_16_bit_png_holding_8_bit_values_keeps_them():
+    """An 8-bit image saved in a 16-bit container (values 1..255) must not turn black (the top byte is 0)."""
+    a = np.random.default_rng(0).integers(1, 256, (16, 24)).astype(np.uint16)
+    data = png_bytes(Image.fromarray(a))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")  # really a 16-bit grey PNG
+    out = rgb(data)
+    assert out[..., 0].tolist() == a.tolist() and (out == out[..., :1]).all()
+    assert np.asarray(Image.open(io.BytesIO(data)).convert("L")).tolist() == a.tolist()  # what Pillow shows
+    assert rgb(a)[..., 0].tolist() == a.tolist()  # the same rule for uint16 arrays
+
+
 def test_mode_I_32_bit():
     wide = Image.fromarray(np.array([[65535, 0], [512, 1000]], dtype=np.int32))
     assert wide.mode == "I"
@@ -297,3 +308,21 @@ def test_decompression_bomb_guard_maps_to_image_too_large(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10 000 px > 2 × limit: Pillow refuses to open
     with pytest.raises(ImageTooLarge):
         prepare(data)
+    with pytest.raises(ImageTooLarge) as info:  # the caller's limit is quoted, not Pillow's
+        prepare(data, max_pixels=1500)
+    assert str(info.value) == "image is 10000 pixels; the limit is 1500"
+
+
+def test_missing_file_is_reported_as_missing(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        prepare(tmp_path / "missing.jpg")
+    assert "missing.jpg" in str(info.value) and "decodable" not in str(info.value)
+    with pytest.raises(IsADirectoryError):
+        prepare(tmp_path)
+
+
+def test_invalid_image_message_says_it_once():
+    with pytest.raises(InvalidImage) as info:
+        prepare(b"hello, not an image")
+    assert str(info.value).count("not a decodable image") == 1
+    assert "decodable" not in info.value.reason and "UnidentifiedImageError" in info.value.reason

@@ -18,19 +18,3 @@ def test_gpu_workers_are_many_and_thin():
     assert default_workers("cuda") == 4
     assert threads_per_worker(Settings(device="cuda", workers=4), 2) == 1
     assert threads_per_worker(Settings(device="cuda", workers=4, threads=2), 1) == 2
-
-
-def test_fast_queue_selects_the_fixed_zeromq_transport():
-    from pathlib import Path
-
-    import litserve.server as ls_server
-
-    from vqtok.server import transport
-    from vqtok.server.app import build_server
-
-    fixtures = Path(__file__).resolve().parent / "fixtures"
-    plain = build_server(fixtures, ["tiny-model"], settings=Settings())
-    assert plain.transport_config.transport_type == "mp"
-    fast = build_server(fixtures, ["tiny-model"], settings=Settings(fast_queue=True))
-    assert fast.transport_config.transport_type == "zmq"
-    assert ls_server.create_transport_from_config is transport.create_transport

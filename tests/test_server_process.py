@@ -33,7 +33,7 @@ def tok(root):
 
 @pytest.fixture(scope="module", params=["mp", "zmq"])
 def live(root, request):
-    """The server with LitServe's default reply queues, and with `--fast-queue` (ZeroMQ, server/transport.py)."""
+    """The server with LitServe's default reply queues, and with `--fast-queue` (ZeroMQ, server/patches.py)."""
     args = ["--models-dir", str(root / "models"), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1"]
     args += ["--fast-queue"] if request.param == "zmq" else []
     with LiveServer(args, api_key=KEY, log=root / f"serve-{request.param}.log") as srv:

@@ -11,6 +11,7 @@ Policies:
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -23,7 +24,11 @@ ImageSource = Union[Image.Image, np.ndarray, bytes, str, Path, BinaryIO]
 
 
 class InvalidImage(ValueError):
-    """The input is not an image Pillow can decode (or decodes to nothing)."""
+    """The input is not an image Pillow can decode (or decodes to nothing). `reason` is the bare cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not a decodable image ({reason})")
+        self.reason = reason
 
 
 class ImageTooLarge(ValueError):
@@ -54,12 +59,14 @@ def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
                 raise ImageTooLarge(f"image is {img.width}×{img.height} = {img.width * img.height} pixels; "
                                     f"the limit is {max_pixels}")
             img.load()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise  # a path that cannot be read is the caller's problem to report, not an undecodable image
         except Image.DecompressionBombError as err:
-            raise ImageTooLarge(f"image rejected by Pillow's decompression-bomb guard: {err}") from None
+            raise ImageTooLarge(_bomb_message(err, max_pixels)) from None
         except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             if isinstance(err, ImageTooLarge):
                 raise
-            raise InvalidImage(f"not a decodable image ({type(err).__name__}: {err})") from None
+            raise InvalidImage(f"{type(err).__name__}: {err}") from None
     if img.width == 0 or img.height == 0:
         raise InvalidImage("image has zero width or height")
     if max_pixels is not None and img.width * img.height > max_pixels:
@@ -67,22 +74,41 @@ def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(img))
 
 
+def _bomb_message(err: Exception, max_pixels: int | None) -> str:
+    """Pillow refuses images over 2 × its MAX_IMAGE_PIXELS before our own check runs; quote the caller's limit."""
+    if max_pixels is None:
+        return f"image rejected by Pillow's decompression-bomb guard: {err}"
+    size = re.search(r"\((\d+) pixels\)", str(err))  # "Image size (N pixels) exceeds limit of M pixels, ..."
+    return f"image is {size.group(1) + ' pixels' if size else 'too large'}; the limit is {max_pixels}"
+
+
+def _wide_to_uint8(a: np.ndarray) -> np.ndarray:
+    """16-bit (or wider integer) grey values → uint8.
+
+    Values above 255 mean the full 16-bit range: the top byte, as image viewers show such files. A file whose
+    values all lie in [0, 255] (an 8-bit image saved in a 16-bit container) keeps them, as Pillow's own
+    conversion does; shifting those would turn the image black.
+    """
+    a = a.astype(np.int64)
+    if a.size and a.max() > 255:
+        a = a >> 8
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
 def _array_to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.uint16:
-        return (a >> 8).astype(np.uint8)
+        return _wide_to_uint8(a)
     raise InvalidImage(f"arrays must be uint8 (or uint16) [H, W] or [H, W, 3|4], got {a.dtype} {a.shape}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → RGB. Transparency is composited over white; 16-bit and float greys are rescaled."""
+    """Any Pillow mode → RGB. Transparency is composited over white; 16-bit greys as `_wide_to_uint8`, float clipped."""
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I;16") or img.mode == "I":
-        a = np.asarray(img).astype(np.int64)
-        a = (a >> 8) if (img.mode != "I" or a.max() > 255) else a  # "I" may hold 8-bit values
-        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(_wide_to_uint8(np.asarray(img)), "L").convert("RGB")
     if img.mode == "F":
         return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
@@ -104,6 +130,13 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
             raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
         scale = size / min(sw, sh)
         nw, nh = max(size, round(sw * scale)), max(size, round(sh * scale))
+        # The source limit must hold for the scaled copy too: a 96-byte 4000×1 PNG scaled to a 256-pixel shorter
+        # side is 1,024,000×256 (~0.8 GB) before the crop.
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        if limit is not None and nw * nh > max(limit, size * size):
+            raise ImageTooLarge(f"a {sw}×{sh} image scaled to a {size}-pixel shorter side would be {nw}×{nh} = "
+                                f"{nw * nh} pixels, over the limit of {limit}: its aspect ratio is too extreme for "
+                                f"policy 'resize'; crop it closer to square first")
         if (nw, nh) != (sw, sh):
             img = img.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2

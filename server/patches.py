@@ -1,0 +1,321 @@
+"""Every place vqtok changes LitServe, Starlette or prometheus_client behaviour through their internals — here only.
+
+LitServe stays the serving framework; these are the few spots where its 0.2.19 behaviour does not fit a tokenizer
+server. Each override says which upstream code it replaces or relies on, and why. `UPSTREAM` pins a hash of that
+upstream source: tests/test_patches.py fails, naming the override to re-check, as soon as an upgrade changes it (and
+behavioural tests there and in test_server*.py check that each override still does its job).
+
+| override | upstream behaviour it changes | why |
+|---|---|---|
+| `EdgeHandler._prepare_request` | LitServe parses the body with `request.form()` / `request.json()` and queues that | our `parse` validates and preprocesses at the edge (HTTP process), so only good payloads are queued |
+| `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts → `Response` or our JSON error shape; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
+| `ServerOverrides._start_server` | the listening socket stays private to `run()`; uvicorn gets no header timeout | the socket is shut at SIGTERM (new clients refused at once, not queued for nobody); `HeaderDeadlineProtocol`; the process watch starts |
+| `HeaderDeadlineProtocol` (uvicorn's `HttpToolsProtocol`) | no request-header timeout; the keep-alive timer is cancelled by the first byte | a client trickling header bytes (slowloris) is disconnected after `--header-timeout` |
+| `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
+| `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
+| `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
+| `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
+| `multiprocess_values` | prometheus_client picks its value class once, at import | metrics must go to the shared multiprocess directory even if prometheus_client was imported before it existed |
+
+Removed: setting Starlette's private `request._body` so that `request.form()` would parse a body `edge.read_body`
+had already read under its size limit; `edge` now runs Starlette's `MultiPartParser` on those bytes itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import asyncio
+import multiprocessing as mp
+import socket
+import threading
+import time
+from typing import Callable
+
+from fastapi import Request, Response
+from litserve.server import RegularRequestHandler, ResponseBufferItem
+from litserve.transport.factory import TransportConfig, create_transport_from_config
+from litserve.transport.zmq_queue import Broker
+from litserve.transport.zmq_transport import ZMQTransport
+from litserve.utils import LitAPIStatus, WorkerSetupStatus
+from starlette.middleware.gzip import GZipMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .errors import ApiError, error_response, openapi_errors
+
+RETRY_AFTER_S = 2
+
+# sha256 (first 16 hex digits) of `inspect.getsource` of the upstream code each override replaces or relies on
+UPSTREAM: dict[str, str] = {
+    # EdgeHandler: handle_request calls _prepare_request, then _submit_request, then waits for (response, status)
+    "litserve.server:BaseRequestHandler._prepare_request": "be04387a946e1378",
+    "litserve.server:BaseRequestHandler._submit_request": "a331d2b69435202e",
+    "litserve.server:RegularRequestHandler.handle_request": "1d9fe5ed85826b88",
+    # _register_api_endpoints: called once per LitAPI by register_endpoints
+    "litserve.server:LitServer.register_endpoints": "f905dce13d56619a",
+    "litserve.server:LitServer._register_api_endpoints": "df52ecfb1cd8b261",
+    # verify_worker_status: called by run() after the workers are launched
+    "litserve.server:LitServer.verify_worker_status": "b973dfc5137f98c4",
+    # wait_for_reply: _handle_error_response raises for an error reply; response_queue_to_buffer sets the item's
+    # worker_id from the worker's START message and drops replies whose uid is gone
+    "litserve.server:RegularRequestHandler._handle_error_response": "18f3abb9b984dcd9",
+    "litserve.server:response_queue_to_buffer": "3d690c69c631a266",
+    # _start_server: builds one uvicorn.Config per HTTP process from our kwargs (http=), returns their processes
+    "litserve.server:LitServer._start_server": "509cc1cb9ae3a09a",
+    # HeaderDeadlineProtocol extends these hooks and relies on data_received not arming any header timer
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_made": "6efb565ff3d36b91",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_response_complete": "64e254f28e389e76",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",
+    # _perform_graceful_shutdown: called by run() and by the monitor thread (named "litserve-monitoring")
+    "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
+    "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
+    "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
+    # drop_gzip: LitServer.__init__ appends GZipMiddleware to the middlewares
+    "litserve.server:LitServer.__init__": "350eca8266eabafb",
+    # ZeroMQ transport
+    "litserve.transport.factory:create_transport_from_config": "f5729b5c2ff05700",
+    "litserve.transport.zmq_transport:ZMQTransport": "7af0b555a3b42946",
+    "litserve.server:LitServer._init_manager": "ec955dbe647ca5b4",
+    # multiprocess_values
+    "prometheus_client.values:get_value_class": "7de1718faa6ecfe2",
+    "prometheus_client.metrics:Counter._metric_init": "17b9d10bf21b912c",
+}
+
+
+def source_hash(target: str) -> str:
+    """sha256[:16] of the source of `module:qualname`."""
+    module, _, qualname = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def upstream_drift() -> dict[str, str]:
+    """{target: its hash now} for every pinned upstream source that no longer matches `UPSTREAM`."""
+    return {t: h for t in UPSTREAM if (h := source_hash(t)) != UPSTREAM[t]}
+
+
+# -- request handling ------------------------------------------------------------------------------------------------
+class EdgeHandler(RegularRequestHandler):
+    """LitServe's request handler with the LitAPI's `parse` in front and our response shape behind."""
+
+    async def _prepare_request(self, request: Request, request_type) -> dict:
+        return await self.lit_api.parse(request)
+
+    async def handle_request(self, request: Request, request_type) -> Response:
+        payload = await self._prepare_request(request, request_type)
+        result = await wait_for_reply(self, payload, self.server.settings.timeout,
+                                      self.server.watch.of(self.lit_api.api_path))
+        if result.get("status") != 200:
+            return error_response(result.get("status", 500), result.get("message", "request failed"),
+                                  result.get("code"))
+        return Response(result["body"], media_type=result["media_type"], headers=result.get("headers"))
+
+
+async def wait_for_reply(handler, payload: dict, timeout: float | None,
+                         generations: Callable[[], tuple[int, ...]]) -> dict:
+    """Queue `payload` on `handler`'s endpoint and wait for the worker's reply dict (LitServe's handle_request, with
+    the deadline and worker-death detection described above). `generations()`: this endpoint's per-worker death
+    counters (`guards.ProcessWatch`), indexed like LitServe's worker ids."""
+    before = generations()
+    uid, _ = await handler._submit_request(payload)
+    event = asyncio.Event()
+    item = handler.server.response_buffer[uid] = ResponseBufferItem(event)
+    deadline = None if not timeout or timeout < 0 else time.monotonic() + timeout
+    try:
+        while True:
+            wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if wait <= 0:
+                raise ApiError(504, "timeout", f"no reply within the server's {timeout:g} s timeout; the server is "
+                               "overloaded: retry later or send smaller requests")
+            try:
+                await asyncio.wait_for(event.wait(), wait)
+                break
+            except asyncio.TimeoutError:
+                # item.worker_id: set by LitServe when a worker takes the request (its START message); a request
+                # still queued is left for the restarted worker
+                wid = item.worker_id
+                if wid is not None and generations()[wid] != before[wid]:
+                    raise ApiError(503, "worker_restarting", "the inference worker serving this request stopped "
+                                   "and is being restarted: retry", headers={"Retry-After": str(RETRY_AFTER_S)}) \
+                        from None
+        response, status = item.response
+    finally:
+        handler.server.response_buffer.pop(uid, None)  # a late reply for a gone uid is dropped by LitServe
+    if status == LitAPIStatus.ERROR:
+        handler._handle_error_response(response)  # raises: HTTPException as sent by the worker, else a 500
+    return response
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's line and headers."""
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_deadline)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # the next request on this keep-alive connection gets its own deadline
+            self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class to pass as uvicorn's `http=` (one subclass per timeout: uvicorn instantiates it)."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
+
+
+def drop_gzip(app) -> None:
+    """Remove the GZipMiddleware LitServer adds (before the app starts: the middleware stack is built then)."""
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
+
+
+class ServerOverrides:
+    """LitServer methods replaced by vqtok (mixed in before `litserve.LitServer`)."""
+
+    def _register_api_endpoints(self, lit_api, request_type, response_type) -> None:
+        handler = EdgeHandler(lit_api, self)
+
+        async def endpoint(request: Request) -> Response:
+            return await handler.handle_request(request, Request)
+
+        self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
+                               tags=["vqtok"], response_class=Response,
+                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}},
+                               responses={200: {"description": "OK", "content": lit_api.reply_types},
+                                          **openapi_errors(lit_api.error_statuses)})
+
+    def verify_worker_status(self) -> None:
+        """Wait until *every* worker has loaded every model; refuse to start if any failed."""
+        while True:
+            states = dict(self.workers_setup_status)
+            dead = [p for p in self.inference_workers if not p.is_alive()]
+            if dead or WorkerSetupStatus.ERROR in states.values():
+                raise RuntimeError("an inference worker failed to load the models (see the log above); "
+                                   "nothing is served")
+            if states and all(v == WorkerSetupStatus.READY for v in states.values()):
+                return
+            time.sleep(0.05)
+
+    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
+        self._sockets = list(sockets)  # the listening socket: shut at shutdown so new clients are refused at once
+        kwargs.setdefault("http", header_deadline_protocol(self.settings.header_timeout))
+        workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
+        procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
+        self.watch.start(self.worker_slots, procs, lambda reason: threading.Thread(
+            target=set_event, args=(self._shutdown_event,), daemon=True).start())
+        return workers
+
+    def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.watch.stop()
+        event = getattr(self, "_shutdown_event", None)
+        if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
+            setter = threading.Thread(target=set_event, args=(event,), daemon=True)
+            setter.start()
+            setter.join(5)
+        procs = [w for w in uvicorn_workers.values() if isinstance(w, mp.process.BaseProcess)]
+        for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
+            if w.is_alive():
+                w.terminate()
+        refuse_new_connections(getattr(self, "_sockets", []))
+        for w in procs:
+            w.join(self.uvicorn_graceful_timeout + 5)
+            if w.is_alive():
+                w.kill()
+        for t in threading.enumerate():  # the monitor must not poll the manager while it shuts down
+            if t.name == "litserve-monitoring" and t is not threading.current_thread():
+                t.join(self.monitor_internal + 3)
+        rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
+        super()._perform_graceful_shutdown(manager, rest, "normal")
+
+
+def refuse_new_connections(sockets: list) -> None:
+    """Shut the listening socket: the multiprocessing manager inherited it and outlives the HTTP processes' copies,
+    so the kernel would keep queueing connections nobody accepts. Clients get a refusal instead of a hang."""
+    time.sleep(0.3)  # first let the HTTP processes stop their accept loops (uvicorn checks its exit flag every 0.1 s)
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def set_event(event) -> None:
+    """Set a manager Event, ignoring a manager that is already gone (shutdown is under way anyway)."""
+    try:
+        event.set()
+    except Exception:  # noqa: BLE001 - any connection error of a dead manager
+        pass
+
+
+# -- ZeroMQ reply transport (--fast-queue) ---------------------------------------------------------------------------
+class FixedZMQTransport(ZMQTransport):
+    def close(self, **kwargs) -> None:
+        if self._zmq is not None:  # the serving process only owns the broker: nothing to close here
+            self._zmq.close()
+
+    def __reduce__(self):  # rebuilt in every worker and HTTP process: keep this class there too
+        return FixedZMQTransport, (self.backend_address, self.frontend_address)
+
+
+def create_transport(config: TransportConfig):
+    """LitServe's factory, with the broker's addresses passed in the order `ZMQTransport` expects."""
+    if config.transport_type != "zmq":
+        return create_transport_from_config(config)
+    broker = Broker()  # XPUB (frontend, where consumers subscribe) ⇄ XSUB (backend, where producers publish)
+    broker.start()
+    config.frontend_address, config.backend_address = broker.frontend_address, broker.backend_address
+    return FixedZMQTransport(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
+
+
+def use_zmq_transport(server) -> None:
+    """Make `server` send replies over ZeroMQ: the transport type LitServe 0.2.19 meant to set for fast_queue=True,
+    created through `create_transport` (LitServer.run builds it via the module-level name, hence the rebinding)."""
+    import litserve.server as ls_server
+
+    ls_server.create_transport_from_config = create_transport
+    server.transport_config = TransportConfig(transport_type="zmq")
+
+
+# -- prometheus_client -----------------------------------------------------------------------------------------------
+def multiprocess_values() -> None:
+    """Re-pick prometheus_client's value class after PROMETHEUS_MULTIPROC_DIR is set: it is chosen once at import,
+    and a process that imported prometheus_client earlier would otherwise keep its samples in memory, invisible to
+    /metrics of the other processes."""
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()

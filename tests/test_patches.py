@@ -1,0 +1,120 @@
+"""server.patches: every override of LitServe / Starlette / prometheus_client internals.
+
+The first test pins the upstream source each override was written against (it fails on any upgrade that touches
+it); the others check that each override still does its job. The overrides of request handling, start-up and
+shutdown are also exercised end to end in test_server.py and test_server_process.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import litserve as ls
+import litserve.server as ls_server
+from litserve.transport.factory import TransportConfig
+from starlette.middleware.gzip import GZipMiddleware
+
+from vqtok.server import patches
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_upstream_code_is_what_the_overrides_were_written_against():
+    drift = patches.upstream_drift()
+    assert not drift, (
+        "an upgrade changed upstream code that server/patches.py overrides or relies on: "
+        f"{sorted(drift)}. Re-read each one, check (and fix) the matching override in server/patches.py, drop it if "
+        f"the upstream fixed the problem, then update UPSTREAM with the new hashes: {drift}")
+
+
+def test_every_override_is_pinned():
+    """Each LitServe method ServerOverrides replaces has a pin (a new override without one fails here)."""
+    for name in vars(patches.ServerOverrides):
+        if not name.startswith("__"):
+            assert f"litserve.server:LitServer.{name}" in patches.UPSTREAM, name
+    for name in ("_prepare_request", "handle_request"):
+        assert name in vars(patches.EdgeHandler)
+
+
+def test_the_server_uses_the_overrides():
+    from vqtok.server.app import Settings, build_server
+
+    server = build_server(FIXTURES, ["tiny-model"], settings=Settings())
+    assert isinstance(server, patches.ServerOverrides)
+    routes = {r.path: r for r in server.app.routes}
+    assert {"/v1/encode", "/v1/decode", "/v1/reconstruct"} <= set(routes)
+    assert not routes["/v1/encode"].dependencies  # LitServe's per-route auth dependency is gone: the middleware checks
+    assert not [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
+
+
+def test_litserve_still_adds_gzip_and_drop_gzip_removes_it():
+    class Echo(ls.LitAPI):
+        def setup(self, device):
+            pass
+
+        def predict(self, x):
+            return x
+
+    server = ls.LitServer(Echo(), accelerator="cpu")
+    assert [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
+    patches.drop_gzip(server.app)
+    assert not [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
+
+
+def test_a_zeromq_reply_reaches_its_consumer():
+    t = patches.create_transport(TransportConfig(transport_type="zmq"))
+    assert isinstance(t, patches.FixedZMQTransport)
+    worker, http = pickle.loads(pickle.dumps(t)), pickle.loads(pickle.dumps(t))  # as the subprocesses get it
+    assert isinstance(worker, patches.FixedZMQTransport)
+
+    async def roundtrip():
+        receiving = asyncio.create_task(http.areceive(consumer_id=0, timeout=5))
+        await asyncio.sleep(0.3)  # the subscriber connects (ZeroMQ drops what is published before that)
+        worker.send(("uid-1", ("reply", 200)), consumer_id=0)
+        return await receiving
+
+    assert asyncio.run(roundtrip()) == ("uid-1", ("reply", 200))
+    for end in (worker, http, t):
+        end.close()  # also the serving process's copy, which never sent or received (LitServe's raised)
+
+
+def test_fast_queue_routes_litserve_through_the_fixed_factory():
+    from vqtok.server.app import Settings, build_server
+
+    plain = build_server(FIXTURES, ["tiny-model"], settings=Settings())
+    assert plain.transport_config.transport_type == "mp"
+    fast = build_server(FIXTURES, ["tiny-model"], settings=Settings(fast_queue=True))
+    assert fast.transport_config.transport_type == "zmq"
+    assert ls_server.create_transport_from_config is patches.create_transport
+    with multiprocessing.Manager() as manager:  # the default transport is left as LitServe builds it
+        config = TransportConfig(transport_type="mp")
+        config.manager = manager  # as LitServer.run sets it
+        assert not isinstance(patches.create_transport(config), patches.FixedZMQTransport)
+
+
+def test_metrics_reach_the_shared_directory_when_prometheus_was_imported_first(tmp_path):
+    """Without multiprocess_values a process that imported prometheus_client early keeps samples in memory."""
+    code = f"""
+import os, prometheus_client
+from prometheus_client import values
+assert values.ValueClass is values.MutexValue
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = {str(tmp_path)!r}
+from vqtok.server.patches import multiprocess_values
+multiprocess_values()
+prometheus_client.Counter("probe_total", "probe").inc()
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "VQTOK_METRICS_DIR")}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
+    assert list(tmp_path.glob("counter_*.db")), "the counter sample was not written to the multiprocess directory"
+
+
+def test_header_deadline_protocol_is_a_subclass_per_timeout():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    a, b = patches.header_deadline_protocol(1.5), patches.header_deadline_protocol(3.0)
+    assert issubclass(a, HttpToolsProtocol) and (a.header_timeout, b.header_timeout) == (1.5, 3.0)
