@@ -139,6 +139,7 @@ def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_si
         "image_size": str(cfg.image_size),
         "max_side": str(max_side),
         "codebook_sha256": model.codebook_sha256(),
+        "origin": cfg.origin,  # imported weights: format, source file, sha256 (empty: trained by vqtok)
         **{f"input_{k}": v for k, v in inp.items()},
         **{f"output_{k}": v for k, v in out.items()},
         "code_dtype": "int32",

@@ -209,3 +209,26 @@ def test_presets_have_the_released_sizes():
     cfg = preset_config("ldm-vq-f4")
     assert (cfg.factor, cfg.code_dim, cfg.codebook_size) == (4, 3, 8192)
     assert preset_config("taming-f16-16384").attn_levels == (4,)
+
+
+@pytest.mark.parametrize("gradient", ["rotation", "ste"])
+def test_train_init_fine_tunes_an_imported_model_and_resumes(imported, photos, tmp_path, gradient):
+    """`vqtok train --init` on the imported taming fixture: its exact architecture, a few steps, then --resume."""
+    from vqtok.tokenizer.train import TrainConfig, Trainer, train
+
+    d = imported["taming"][0]
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in photos[:2]:
+        shutil.copy(p, data / p.name)
+    opts = {"data": str(data), "out": str(tmp_path / "run"), "init": str(d), "model": {"gradient": gradient},
+            "steps": 1, "batch_size": 2, "crop": 32, "device": "cpu", "perceptual": "none", "workers": 0,
+            "warmup": 1, "checkpoint_every": 1, "grid_every": 10**6, "progress": False}
+    assert train(TrainConfig.from_dict(opts))["step"] == 1
+    assert train(TrainConfig.from_dict(opts | {"steps": 2}), resume=True)["step"] == 2
+    tuned, src = Tokenizer.from_pretrained(tmp_path / "run"), Tokenizer.from_pretrained(d)
+    assert tuned.config.gradient == gradient and tuned.config.norm_groups == 32 and tuned.config.origin
+    assert tuned.state_dict().keys() == src.state_dict().keys()
+    assert not torch.equal(tuned.encoder.net[0].weight, src.encoder.net[0].weight)  # it did train
+    with pytest.raises(ValueError, match="norm_groups"):  # fine-tuning keeps the imported architecture
+        Trainer(TrainConfig.from_dict(opts | {"model": {"norm_groups": 8}}))
