@@ -2,12 +2,15 @@
 
     nice -n 10 python -m bench.soak --requests 10000 --concurrency 8                 # tiny fixture model, minutes
     nice -n 10 python -m bench.soak --model-dir weights/vqtok-f8-k1024 --requests 0 --worst-case   # memory only
+    nice -n 10 python -m bench.soak --hol 5                                           # head-of-line, A/B
 
 Mixed load: encode (JSON / .npy, resize / native), decode (grids of several sizes), reconstruct, on the fixture
 photos and random native images up to half the model's max_side. Reports errors (every non-200 is one), p50/p99 per
 endpoint, the RSS of every process before (after warm-up) and after the load; `--worst-case` then sends the largest
 requests the limits allow (native max_side² encode/reconstruct, max grid decode) and reports each process's peak
-(VmHWM) and its RSS afterwards. Prints one JSON object.
+(VmHWM) and its RSS afterwards. `--hol ROUNDS` instead measures head-of-line blocking: the latency of a small
+decode sent while 6 max-grid decodes are in flight, against two servers in alternating rounds (`--large-slots 1`,
+the default, and 64: no gate). Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -60,13 +63,14 @@ def processes(root_pid: int) -> dict[str, dict]:
 
 def start_server(model_dir: Path, workdir: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     models = workdir / "models"
-    shutil.copytree(model_dir, models / model_dir.name)
+    if not models.exists():
+        shutil.copytree(model_dir, models / model_dir.name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(REPO), "VQTOK_PORT": str(port)}
     env.pop("VQTOK_API_KEY", None)
-    log = open(workdir / "serve.log", "wb")
+    log = open(workdir / f"serve-{port}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "vqtok", "serve", "--models-dir", str(models),
                              "--log-level", "warning", *extra], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -74,7 +78,7 @@ def start_server(model_dir: Path, workdir: Path, extra: list[str]) -> tuple[subp
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError((workdir / "serve.log").read_text()[-3000:])
+            raise RuntimeError((workdir / f"serve-{port}.log").read_text()[-3000:])
         try:
             if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
                 return proc, url
@@ -158,6 +162,50 @@ def worst_case(url: str, info: dict) -> dict:
     return out
 
 
+async def small_behind_large(url: str, info: dict, n_large: int = 6) -> dict:
+    """Seconds for a small decode sent 0.3 s after `n_large` max-grid decodes (and for the large ones)."""
+    g = info["max_side"] // info["factor"]
+    large = {"codes": np.random.default_rng(2).integers(0, info["codebook_size"], (g, g)).tolist()}
+    small = {"codes": np.random.default_rng(3).integers(0, info["codebook_size"], (2, 2)).tolist()}
+    async with httpx.AsyncClient(base_url=url, timeout=1800) as c:
+        async def timed(body):
+            t0 = time.perf_counter()
+            r = await c.post("/v1/decode", json=body)
+            return r.status_code, time.perf_counter() - t0
+
+        bigs = [asyncio.ensure_future(timed(large)) for _ in range(n_large)]
+        await asyncio.sleep(0.3)
+        status, small_s = await timed(small)
+        done = await asyncio.gather(*bigs)
+    return {"small_s": small_s, "small_status": status, "large_s_max": max(t for _, t in done),
+            "large_statuses": sorted({st for st, _ in done})}
+
+
+def head_of_line(model_dir: Path, workdir: Path, rounds: int) -> dict:
+    servers = {slots: start_server(model_dir, workdir, ["--large-slots", str(slots), "--timeout", "600"])
+               for slots in (1, 64)}
+    out: dict = {slots: [] for slots in servers}
+    try:
+        info = httpx.get(servers[1][1] + "/v1/models").json()["models"][0]
+        for _ in range(rounds):  # alternating: both see the same machine load
+            for slots, (_, url) in servers.items():
+                out[slots].append(asyncio.run(small_behind_large(url, info)))
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    summary = {}
+    for slots, runs in out.items():
+        smalls = [r["small_s"] for r in runs]
+        summary[f"large_slots={slots}"] = {"small_decode_s_median": round(float(np.median(smalls)), 2),
+                                           "small_decode_s": [round(x, 2) for x in smalls],
+                                           "large_decode_s_max_median": round(float(np.median(
+                                               [r["large_s_max"] for r in runs])), 2),
+                                           "statuses": sorted({r["small_status"] for r in runs}
+                                                              | {s for r in runs for s in r["large_statuses"]})}
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=TINY)
@@ -167,8 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worst-case", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serve-arg", action="append", default=[], help="extra `vqtok serve` argument (repeatable)")
+    p.add_argument("--hol", type=int, metavar="ROUNDS", help="measure head-of-line blocking instead (see above)")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="vqtok-soak-"))
+    if args.hol:
+        try:
+            report = {"command": " ".join(sys.argv), "head_of_line": head_of_line(args.model_dir.resolve(), workdir,
+                                                                                  args.hol)}
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(json.dumps(report, indent=1))
+        return 0
     proc, url = start_server(args.model_dir.resolve(), workdir, args.serve_arg)
     report: dict = {"model_dir": str(args.model_dir), "command": " ".join(sys.argv)}
     try:

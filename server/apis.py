@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -27,10 +28,11 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from vqtok.tokenizer.preprocess import POLICIES
+from vqtok.tokenizer.contract import POLICIES
 
-from . import metrics
+from . import metrics, telemetry
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .errors import ApiError
 from .guards import name_process, watch_parent
 from .registry import Registry
 
@@ -92,7 +94,7 @@ class TokenizerAPI(ls.LitAPI):
             # for all of the worker's sessions, which run one at a time (both graphs: 0.75 GiB, same speed). GPUs
             # keep ORT's defaults (not measured there).
             cpu = kind == "cpu"
-            tok = OnnxTokenizer.from_dir(entry.path, device=kind, threads=self.threads, graphs=self.graphs,
+            tok = OnnxTokenizer.from_pretrained(entry.path, device=kind, threads=self.threads, graphs=self.graphs,
                                          mem_pattern=not cpu, shared_arena=cpu)
             s, f = entry.image_size, entry.factor  # warm-up: first runs allocate arenas (and tune cuDNN on GPUs)
             codes = np.zeros((1, s // f, s // f), np.int32)
@@ -153,7 +155,9 @@ class TokenizerAPI(ls.LitAPI):
         """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
         batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
         release = self.outlier(mid, batch.shape[1] * batch.shape[2])
-        return np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+        codes = np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+        telemetry.record(metrics.get().path, mid, codes, tok.codebook_size)
+        return codes
 
     def outlier(self, mid: str, pixels: int) -> bool:
         """Images larger than the model's S×S (policy 'native', big code grids) make ONNX Runtime grow its arena to
@@ -166,6 +170,35 @@ class TokenizerAPI(ls.LitAPI):
         metrics.get().codes.labels(self.api_path, mid).inc(codes)
 
     # -- edge half (HTTP process) -----------------------------------------------------------------------------------
+    _large_gate: asyncio.Semaphore | None = None  # made on first use, in the HTTP process (after the fork)
+
+    def payload_pixels(self, payload: dict) -> int:
+        if "image" in payload:
+            return payload["image"].shape[0] * payload["image"].shape[1]
+        h, w = payload["codes"].shape
+        return h * w * self.registry.models[payload["model"]].factor ** 2
+
+    @contextlib.asynccontextmanager
+    async def admission(self, payload: dict, timeout: float | None):
+        """Queue at most `limits.large_slots` requests larger than S×S at once: a client sending many max-size
+        requests would otherwise fill the endpoint's queue, and every small request behind them would wait for all
+        of them (six 128×128-grid decodes held a 32×32 one for 94 s). Small requests pass straight through;
+        waiting here counts toward the end-to-end timeout."""
+        if not self.outlier(payload["model"], self.payload_pixels(payload)):
+            yield
+            return
+        if self._large_gate is None:
+            self._large_gate = asyncio.Semaphore(self.limits.large_slots)
+        try:
+            await asyncio.wait_for(self._large_gate.acquire(), timeout if timeout and timeout > 0 else None)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no slot for a large request within the server's {timeout:g} s "
+                           "timeout (others are being served); retry later or send smaller requests") from None
+        try:
+            yield
+        finally:
+            self._large_gate.release()
+
     async def parse(self, request: Request) -> dict:
         raise NotImplementedError
 
@@ -174,18 +207,22 @@ class TokenizerAPI(ls.LitAPI):
         entry = lookup_model(request, self.registry, body.fields)
         policy = text_field(body.fields, "policy", "resize", POLICIES)
         fmt = text_field(body.fields, "format", formats[0], formats)
+        # input=png: the JSON reply also carries the preprocessed image, as the model saw it (the web page shows it)
+        with_input = text_field(body.fields, "input", "none", ("none", "png")) == "png"
         data = image_bytes(body)
         arr, valid = await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
-        return {"model": entry.id, "image": arr, "valid": valid, "policy": policy, "format": fmt}
+        return {"model": entry.id, "image": arr, "valid": valid, "policy": policy, "format": fmt, "input": with_input}
 
 
 _IMAGE_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
-        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
+        "input": {"type": "string", "enum": ["none", "png"]}}}},
     "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "description": "base64 image bytes"}, "model": {"type": "string"},
-        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
+        "input": {"type": "string", "enum": ["none", "png"]}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }
 
@@ -220,6 +257,9 @@ class EncodeAPI(TokenizerAPI):
                 reply = {"model": mid, "codebook_size": entry.codebook_size, "codebook_sha256": entry.codebook_sha256,
                          "factor": entry.factor, "policy": item["policy"], "input_size": list(item["valid"]),
                          "shape": [h, w], "codes": grid.tolist()}
+                if item.get("input"):
+                    vh, vw = item["valid"]
+                    reply["input_png"] = base64.b64encode(png_bytes(item["image"][:vh, :vw])).decode("ascii")
                 out.append(ok(json.dumps(reply).encode(), "application/json", headers))
         self.count(mid, len(items), int(codes.size))
         return out

@@ -39,6 +39,7 @@ RAW_TYPES = NPY_TYPES | {"application/x-www-form-urlencoded", ""}  # curl --data
 class Limits:
     max_body_bytes: int
     max_pixels: int
+    large_slots: int = 1  # requests larger than S×S in flight per endpoint and HTTP process; more wait at the edge
 
 
 @dataclass

@@ -14,6 +14,8 @@ behavioural tests there and in test_server*.py check that each override still do
 | `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `replace_index` | `GET /` answers "litserve running" (with LitServe's per-route auth dependency) | `/` is vqtok's web page (server/page.py), open like `/health` |
+| `hide_bind_banner` + `wait_until_ready` (in `_start_server`) | uvicorn logs "Uvicorn running on …" when `run()` binds the socket, seconds before any HTTP process listens (workers load first) | the banner is dropped; one "ready on …" line is logged once the port answers /health 200 |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
 | `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
 | `multiprocess_values` | prometheus_client picks its value class once, at import | metrics must go to the shared multiprocess directory even if prometheus_client was imported before it existed |
@@ -24,9 +26,11 @@ had already read under its size limit; `edge` now runs Starlette's `MultiPartPar
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib
 import inspect
 import asyncio
+import logging
 import multiprocessing as mp
 import socket
 import threading
@@ -45,6 +49,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .errors import ApiError, error_response, openapi_errors
 
 RETRY_AFTER_S = 2
+
+logger = logging.getLogger("vqtok.server")
 
 # sha256 (first 16 hex digits) of `inspect.getsource` of the upstream code each override replaces or relies on
 UPSTREAM: dict[str, str] = {
@@ -73,6 +79,10 @@ UPSTREAM: dict[str, str] = {
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
     "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
+    # replace_index: __init__ → register_endpoints → _register_internal_endpoints adds GET /
+    "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
+    # hide_bind_banner: run() calls Config.bind_socket, which logs the banner, before the workers load
+    "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
     # drop_gzip: LitServer.__init__ appends GZipMiddleware to the middlewares
     "litserve.server:LitServer.__init__": "350eca8266eabafb",
     # ZeroMQ transport
@@ -108,8 +118,11 @@ class EdgeHandler(RegularRequestHandler):
 
     async def handle_request(self, request: Request, request_type) -> Response:
         payload = await self._prepare_request(request, request_type)
-        result = await wait_for_reply(self, payload, self.server.settings.timeout,
-                                      self.server.watch.of(self.lit_api.api_path))
+        timeout = self.server.settings.timeout
+        start = time.monotonic()
+        async with self.lit_api.admission(payload, timeout):  # large requests: a few at a time (head-of-line)
+            left = None if not timeout or timeout < 0 else max(0.001, timeout - (time.monotonic() - start))
+            result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
         if result.get("status") != 200:
             return error_response(result.get("status", 500), result.get("message", "request failed"),
                                   result.get("code"))
@@ -199,6 +212,13 @@ def drop_gzip(app) -> None:
     app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
 
 
+def replace_index(app, endpoint, **route) -> None:
+    """Swap the GET / route LitServer registers in __init__ for `endpoint` (FastAPI matches the first route added)."""
+    app.router.routes = [r for r in app.router.routes
+                         if not (getattr(r, "path", None) == "/" and "GET" in (getattr(r, "methods", None) or ()))]
+    app.add_api_route("/", endpoint, methods=["GET"], **route)
+
+
 class ServerOverrides:
     """LitServer methods replaced by vqtok (mixed in before `litserve.LitServer`)."""
 
@@ -233,6 +253,7 @@ class ServerOverrides:
         procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
         self.watch.start(self.worker_slots, procs, lambda reason: threading.Thread(
             target=set_event, args=(self._shutdown_event,), daemon=True).start())
+        wait_until_ready(workers, sockets)  # then the one "ready" line (uvicorn's bind banner came too early)
         return workers
 
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
@@ -271,6 +292,47 @@ def refuse_new_connections(sockets: list) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+READY_TIMEOUT = 120.0  # seconds the HTTP processes get to listen once the workers are loaded
+
+
+def wait_until_ready(workers: dict, sockets: list) -> None:
+    """Log "ready on URL" once the port answers /health 200 (every worker is loaded by then: run() checked)."""
+    host, port = sockets[0].getsockname()[:2]
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not answers_health(probe, port):
+        if time.monotonic() > deadline or not any(w.is_alive() for w in workers.values()):
+            logger.warning("the HTTP processes do not answer %s/health after %.0f s", url, READY_TIMEOUT)
+            return
+        time.sleep(0.05)
+    logger.info("ready on %s (every worker loaded; API docs at %s/docs)", url, url)
+
+
+def answers_health(host: str, port: int) -> bool:
+    """True when GET /health on host:port answers 200 (stdlib only: this runs in the serving process)."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class _NoBindBanner(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Uvicorn running on")
+
+
+def hide_bind_banner() -> None:
+    """Drop the "Uvicorn running on …" line `Config.bind_socket` logs before anything listens (see _start_server)."""
+    log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _NoBindBanner) for f in log.filters):
+        log.addFilter(_NoBindBanner())
 
 
 def set_event(event) -> None:

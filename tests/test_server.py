@@ -182,6 +182,19 @@ def test_api_key_on_every_route_but_health(client, headers, status):
     assert r.status_code == 401
 
 
+def test_docs_are_served_offline_and_titled_vqtok(client):
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and "<title>vqtok API</title>" in r.text, r.text[:500]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", r.text) + re.findall(r"url: *'([^']+)'", r.text)
+    assert refs and "http" not in r.text and not [u for u in refs if u.startswith("//")], refs  # no CDN
+    for url in refs:
+        asset = client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+    assert client.get("/openapi.json").json()["info"]["title"] == "vqtok"
+
+
 def test_unknown_route_and_method_are_json(client):
     assert client.get("/v2/nothing").json()["error"]["code"] == "not_found"
     r = client.get("/v1/encode")
@@ -344,3 +357,31 @@ def test_openapi_documents_reply_types_errors_and_probes(client):
     assert {"/health/live", "/health/ready"} <= set(spec["paths"])
     for path in ("/health", "/health/live", "/health/ready"):
         assert client.head(path, headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_large_requests_are_admitted_a_few_at_a_time_small_ones_pass(tmp_path):
+    """Head-of-line guard (apis.TokenizerAPI.admission): with one large slot, a second large request waits at the
+    edge (504 at the deadline), while a small one passes at once."""
+    import asyncio
+
+    from vqtok.server.apis import DecodeAPI
+    from vqtok.server.edge import Limits
+    from vqtok.server.errors import ApiError
+    from vqtok.server.registry import Registry
+
+    api = DecodeAPI(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6, large_slots=1))
+    large = {"model": "tiny-a", "codes": np.zeros((32, 32), np.int32)}  # 128² > S² = 64²
+    small = {"model": "tiny-a", "codes": np.zeros((16, 16), np.int32)}  # 64²: not large
+
+    async def scenario():
+        async with api.admission(large, 5.0):
+            async with api.admission(small, 0.2):
+                pass  # passes while the large slot is taken
+            with pytest.raises(ApiError) as err:
+                async with api.admission(large, 0.2):
+                    pass
+            assert err.value.status_code == 504
+        async with api.admission(large, 0.2):  # released: admitted again
+            pass
+
+    asyncio.run(scenario())

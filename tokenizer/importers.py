@@ -49,6 +49,11 @@ _TRAINING_ENTRIES = ("optimizer", "discriminator", "optimizer_disc", "optimizer_
 _LOSS_PREFIXES = ("loss.", "discriminator.", "perceptual_loss.")
 
 
+# taming's (and diffusers') legacy VectorQuantizer2: β weighs the codebook term, the commitment term has weight 1,
+# the codebook starts U(−1/K, 1/K). Only fine-tuning (`vqtok train --init`) uses these.
+_TAMING_LOSS = dict(commitment_weight=1.0, codebook_init="uniform")
+
+
 # -- configs ---------------------------------------------------------------------------------------------------
 def llamagen_config(args: dict) -> TokenizerConfig:
     """LlamaGen `ModelArgs` fields plus `ch` and `num_res_blocks` (the fixtures' model_args.json) → config."""
@@ -85,8 +90,8 @@ def taming_config(params: dict) -> TokenizerConfig:
         base_channels=dd["ch"], stem_channels=dd["ch"], channel_mult=dd["ch_mult"], num_res_blocks=dd["num_res_blocks"],
         decoder_num_res_blocks=dd["num_res_blocks"] + 1, attn_levels=attn, attn_lowest=True, norm_groups=32,
         downsample_padding="asymmetric", latent_channels=dd["z_channels"], codebook_size=params["n_embed"],
-        code_dim=params["embed_dim"], normalize_codes=False, commitment_weight=float(params.get("beta", 0.25)),
-        image_size=res)
+        code_dim=params["embed_dim"], normalize_codes=False, image_size=res, **_TAMING_LOSS,
+        codebook_weight=float(params.get("beta", 0.25)))
 
 
 def diffusers_config(cfg: dict) -> TokenizerConfig:
@@ -115,7 +120,8 @@ def diffusers_config(cfg: dict) -> TokenizerConfig:
         attn_lowest=bool(cfg.get("mid_block_add_attention", True)), norm_groups=cfg.get("norm_num_groups", 32),
         downsample_padding="asymmetric", latent_channels=cfg.get("latent_channels", 3),
         codebook_size=cfg.get("num_vq_embeddings", 256), code_dim=cfg.get("vq_embed_dim") or cfg.get("latent_channels", 3),
-        normalize_codes=False, image_size=_image_size(cfg.get("sample_size", 256), 2 ** (n - 1)))
+        normalize_codes=False, image_size=_image_size(cfg.get("sample_size", 256), 2 ** (n - 1)), **_TAMING_LOSS,
+        codebook_weight=0.25)
 
 
 def _image_size(sample_size, factor: int) -> int:

@@ -40,12 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-servers", type=int, help="HTTP processes (default: workers × devices)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds from a parsed request to its reply, queue and inference (then 504; default 60)")
+    p.add_argument("--large-slots", type=int, default=1, help="requests larger than the model's S×S (native "
+                   "images, big code grids) queued at once per endpoint and HTTP process; more wait at the edge, so "
+                   "small requests are not stuck behind many large ones (default 1)")
     p.add_argument("--read-timeout", type=float, default=30.0,
                    help="seconds a request body may take to arrive (then 408; default 30)")
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds for a request's line and headers (slow clients are disconnected; default 10)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    p.add_argument("--telemetry-window", type=float, default=300.0, metavar="SECONDS",
+                   help="sliding window of the token telemetry in /metrics and /v1/models/ID/usage (10-3600, "
+                        "default 300)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.pop("VQTOK_METRICS_DIR", None)  # a fresh metrics directory for this server
     for name, value in (("--workers", args.workers), ("--max-batch-size", args.max_batch_size),
-                        ("--ort-batch", args.ort_batch),
+                        ("--ort-batch", args.ort_batch), ("--large-slots", args.large_slots),
                         ("--max-pixels", args.max_pixels)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -79,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
                         batch_timeout=args.batch_timeout, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb,
                         api_key=api_key, threads=args.threads, timeout=args.timeout,
                         read_timeout=args.read_timeout, header_timeout=args.header_timeout,
+                        large_slots=args.large_slots,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
-                        fast_queue=args.fast_queue)
+                        fast_queue=args.fast_queue, telemetry_window=args.telemetry_window)
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
