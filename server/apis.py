@@ -46,6 +46,9 @@ def name_process(name: str) -> None:
         pass
 
 
+IMAGE_FORMATS = ("png", "json", "npy")  # replies of decode and reconstruct
+
+
 def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr), "RGB").save(buf, format="PNG", compress_level=1)
@@ -221,20 +224,20 @@ class EncodeAPI(TokenizerAPI):
 class DecodeAPI(TokenizerAPI):
     endpoint = "decode"
     graphs = ("decoder",)
-    summary = "Code grid → PNG (or JSON with a base64 PNG with format=json)"
+    summary = "Code grid → PNG (JSON with a base64 PNG with format=json, raw uint8 [H, W, 3] .npy with format=npy)"
     shape_key = "codes"
     request_body = {
         "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
             "codes": {"type": "array", "description": "[[...]] grid, or a flat list with 'shape'"},
             "shape": {"type": "array", "items": {"type": "integer"}}, "model": {"type": "string"},
-            "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": ["png", "json"]}}}},
+            "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": list(IMAGE_FORMATS)}}}},
         "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
     }
 
     async def parse(self, request: Request) -> dict:
         body = await parse_body(request, self.limits, "codes")
         entry = lookup_model(request, self.registry, body.fields)
-        fmt = text_field(body.fields, "format", "png", ("png", "json"))
+        fmt = text_field(body.fields, "format", "png", IMAGE_FORMATS)
         codes = await asyncio.to_thread(parse_codes, body, entry, self.limits)
         return {"model": entry.id, "codes": codes, "format": fmt}
 
@@ -247,11 +250,11 @@ class DecodeAPI(TokenizerAPI):
 
 class ReconstructAPI(TokenizerAPI):
     endpoint = "reconstruct"
-    summary = "Image → encode → decode → PNG (or JSON with a base64 PNG with format=json)"
+    summary = "Image → encode → decode → PNG (or format=json / npy as for decode)"
     request_body = _IMAGE_BODY
 
     async def parse(self, request: Request) -> dict:
-        return await self.parse_image(request, ("png", "json"))
+        return await self.parse_image(request, IMAGE_FORMATS)
 
     def run_group(self, mid: str, items: list[dict]) -> list[dict]:
         codes, tok = self.encode_items(mid, items), self.models[mid]
@@ -262,8 +265,12 @@ class ReconstructAPI(TokenizerAPI):
 
 
 def image_reply(mid: str, img: np.ndarray, fmt: str) -> dict:
-    png = png_bytes(img)
     headers = {"X-Vqtok-Model": mid}
+    if fmt == "npy":  # no PNG encoding at all: the cheapest reply for a client that wants pixels
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(img))
+        return ok(buf.getvalue(), "application/x-npy", headers)
+    png = png_bytes(img)
     if fmt == "json":
         reply = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0]),
                  "image": base64.b64encode(png).decode("ascii")}
