@@ -33,6 +33,20 @@ _shared_arena = {"registered": False, "lock": threading.Lock()}
 _CUDA_DEFAULTS = {"cudnn_conv_algo_search": "HEURISTIC"}
 
 
+def import_onnxruntime():
+    """The `onnxruntime` module, from whichever wheel is installed (onnxruntime-gpu or onnxruntime), or an error
+    saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as err:
+        if err.name != "onnxruntime":
+            raise
+        raise ModuleNotFoundError(
+            "ONNX Runtime is not installed: pip install 'vqtok[serve]' (onnxruntime-gpu: Linux x86-64, CUDA or CPU) "
+            "or 'vqtok[serve-cpu]' (onnxruntime: any platform, CPU only)", name="onnxruntime") from None
+    return onnxruntime
+
+
 class InvalidCodes(ValueError):
     """Codes a model cannot decode: not integers, out of [0, K), wrong shape, or too large."""
 
@@ -106,7 +120,7 @@ class OnnxTokenizer:
                  threads: int | None = None, max_batch: int | None = None,
                  session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
                  mem_pattern: bool = True, shared_arena: bool = False):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

@@ -137,7 +137,9 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
 
 
 def _check_cuda() -> int:
-    import onnxruntime as ort
+    from vqtok.export.runtime import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError(f"--device cuda: this onnxruntime has no CUDAExecutionProvider (available: "

@@ -130,3 +130,34 @@ def test_cli_writes_json_md_png_on_manifest_split(model, tmp_path):
 def test_bad_perceptual_says_what_to_use(model):
     with pytest.raises(ValueError, match="effnet"):
         evaluate(model, PHOTOS, size=SIZE, perceptual="vgg")
+
+
+def test_cli_on_a_plain_folder_shows_progress_and_no_split(model, tmp_path, capsys):
+    from vqtok.cli import main
+
+    model_dir = model.save_pretrained(tmp_path / "model")
+    rc = main(["eval", str(model_dir), str(PHOTOS), "--size", str(SIZE), "--perceptual", "none", "--threads", "1",
+               "--grid", "1", "--out", str(tmp_path / "report")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    n = len(list(PHOTOS.glob("*.jpg")))
+    assert f"{n}/{n}" in err and "img" in err, err  # the tqdm bar reached the end
+    data = json.loads((tmp_path / "report" / "eval.json").read_text())
+    assert data["split"] is None and data["n_images"] == n
+    md = (tmp_path / "report" / "eval.md").read_text()
+    assert "split" not in md and "every image in the folder" in md
+
+
+def test_cli_lpips_without_its_weights_is_one_line(model, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("lpips") is not None:
+        pytest.skip("lpips is installed here; this checks the message a user without it gets")
+    from vqtok.cli import main
+
+    model_dir = model.save_pretrained(tmp_path / "model")
+    rc = main(["eval", str(model_dir), str(PHOTOS), "--size", str(SIZE), "--perceptual", "lpips",
+               "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("vqtok eval: error:") and "--perceptual effnet" in err and "Traceback" not in err

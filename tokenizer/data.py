@@ -21,6 +21,13 @@ log = logging.getLogger("vqtok.data")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
+def is_manifest(src: str | Path, split: str | None = None) -> bool:
+    """True when `list_images(src, split)` reads a manifest (so `split` applies), not a plain folder of images."""
+    src = Path(src)
+    return (src.is_file() and src.suffix in (".tsv", ".txt", ".csv")) or (
+        src.is_dir() and split is not None and (src / "manifest.tsv").is_file())
+
+
 def list_images(src: str | Path, split: str | None = None) -> list[Path]:
     """Image paths under a folder (recursive, sorted), or the rows of a manifest TSV (`file`, optional `split`)."""
     src = Path(src)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .data import list_images
+from .data import is_manifest, list_images
 from .model import Tokenizer, to_model_range, to_uint8
 from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
 from .preprocess import prepare
@@ -80,13 +80,14 @@ def _keep_extremes(kept: list, n: int) -> list:
 @torch.no_grad()
 def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str | None = "val", size: int = 256,
              batch_size: int = 8, perceptual: str | torch.nn.Module = "effnet", *, device: str = "cpu", grid_n: int = 4,
-             fd_net: EffNetLite0 | None = None) -> dict:
+             fd_net: EffNetLite0 | None = None, progress: bool = False) -> dict:
     """Metrics of `model_or_path` on `data` (folder, manifest TSV, or folder with manifest.tsv + `split`).
 
     `device` applies to a model loaded from a path; a Tokenizer passed in is evaluated on its own device.
     `perceptual`: 'effnet' | 'lpips' | 'none', or a loaded distance module (x, y) → [B]; with `fd_net` (an
     EffNetLite0) a caller evaluating many models loads the networks once.
     The worst and best `grid_n` reconstructions are returned under the private key `_extremes` (see write_reports).
+    `split` applies to manifests only: for a plain folder the result's "split" is None. `progress` shows a bar.
     """
     t0 = time.time()
     if isinstance(model_or_path, Tokenizer):
@@ -99,6 +100,7 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
     model.eval()
     cfg, f = model.config, model.factor
     paths = list_images(data, split)
+    split = split if is_manifest(data, split) else None  # a plain folder has no split: do not label it "val"
     kind = perceptual if isinstance(perceptual, str) else (
         "effnet" if isinstance(perceptual, PerceptualDistance) else type(perceptual).__name__)
     if isinstance(perceptual, str):
@@ -112,6 +114,11 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
     counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
     err_sum, n_pos = 0.0, 0
     per_image, p_dists, feats_real, feats_rec, kept = [], [], [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", desc="eval", dynamic_ncols=True)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
         real_u8 = torch.from_numpy(np.stack([prepare(p, "resize", size, f)[0] for p in chunk]))  # [B, H, W, 3]
@@ -130,6 +137,10 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
             m = {"file": str(p), "psnr": psnr(a, b), "ssim": ssim(a, b)}
             per_image.append(m)
             kept = _keep_extremes(kept + [(m["psnr"], len(per_image) - 1, a, b)], grid_n)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     model.train(was_training)
 
     probs = counts.double() / counts.sum()
@@ -159,7 +170,8 @@ SUMMARY_KEYS = ("psnr", "ssim", "perceptual", "fd_effnet", "usage_pct", "codes_u
 
 
 def markdown_table(result: dict) -> str:
-    lines = [f"Evaluation of `{result['model']}` on `{result['data']}` (split {result['split']}, "
+    where = f"split {result['split']}" if result["split"] is not None else "every image in the folder"
+    lines = [f"Evaluation of `{result['model']}` on `{result['data']}` ({where}, "
              f"{result['n_images']} images, {result['size']}² `resize`, K={result['codebook_size']}, "
              f"f={result['factor']}, perceptual: {result['perceptual_kind']})", "", "| metric | value |", "|---|---|"]
     for k in SUMMARY_KEYS:

@@ -130,12 +130,16 @@ class PerceptualDistance(nn.Module):
 class _LPIPS(nn.Module):
     def __init__(self, net: str = "vgg"):
         super().__init__()
+        hint = ("perceptual='lpips' needs the lpips package and its backbone weights available offline; pass "
+                "--perceptual effnet (the default, bundled) or --perceptual none instead")
         try:
             import lpips
         except ImportError as err:
-            raise ImportError("perceptual='lpips' needs the lpips package and its backbone weights available "
-                              "offline; use perceptual='effnet' (the default) otherwise") from err
-        self.lpips = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
+            raise ImportError(hint) from err
+        try:  # the backbone weights come from torch's hub cache; offline without them the download fails
+            self.lpips = lpips.LPIPS(net=net, verbose=False).eval().requires_grad_(False)
+        except (OSError, RuntimeError, ImportError) as err:  # URLError is an OSError
+            raise ImportError(f"{hint} ({type(err).__name__}: {err})") from err
 
     def forward(self, x, y):
         return self.lpips(x, y).flatten()

