@@ -47,7 +47,8 @@ class AnchorServer(Server):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "uvicorn", "bench.anchor:app", "--host", "127.0.0.1", "--port",
-                     str(self.port), "--workers", str(procs), "--log-level", "warning", "--no-access-log"]
+                     str(self.port), "--workers", str(procs), "--log-level", "warning", "--no-access-log",
+                     "--timeout-worker-healthcheck", "600"]  # imports take long on a loaded machine
         env = dict(os.environ, VQTOK_ANCHOR_MODEL=str(model_dir), VQTOK_ANCHOR_THREADS="1")
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.log = log

@@ -31,7 +31,9 @@ from starlette.requests import Request
 from vqtok.tokenizer.preprocess import POLICIES
 
 from . import metrics
-from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
+from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
+                   text_field)
+from .errors import ApiError, bad_request
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -123,34 +125,66 @@ class TokenizerAPI(ls.LitAPI):
     def encode_response(self, output: dict) -> dict:
         return output
 
-    def run_batch(self, items: list[dict]) -> list[dict]:
-        metrics.get().batch_size.labels(self.api_path).observe(len(items))
-        results: list[dict] = [failed()] * len(items)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[(item["model"], item[self.shape_key].shape)].append(i)
-        for (mid, _), index in groups.items():
+    def run_batch(self, requests: list[dict]) -> list[dict]:
+        """A dynamic batch of requests → one result dict each. A multi-item request (`"items"` in its payload)
+        contributes each good item; items run grouped by (model, shape) whatever request they came from."""
+        units: list[tuple[int, int, dict]] = []  # (request, item, the item with its request's options)
+        for r, req in enumerate(requests):
+            if "items" in req:
+                common = {k: v for k, v in req.items() if k != "items"}
+                units += [(r, k, {**common, **it}) for k, it in enumerate(req["items"]) if "error" not in it]
+            else:
+                units.append((r, 0, req))
+        metrics.get().batch_size.labels(self.api_path).observe(len(units))
+        outs: dict[tuple[int, int], Any] = {}
+        groups: dict[tuple, list[tuple[int, int, dict]]] = defaultdict(list)
+        for u in units:
+            groups[(u[2]["model"], u[2][self.shape_key].shape)].append(u)
+        for (mid, _), group in groups.items():
             start = time.perf_counter()
             try:
-                outs = self.run_group(mid, [items[i] for i in index])
+                arrays = self.run_group(mid, [u[2] for u in group])
             except Exception:
-                logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(index))
-                outs = [self._run_alone(mid, items[i]) for i in index]
+                logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(group))
+                arrays = [self._run_alone(mid, u[2]) for u in group]
             metrics.get().inference.labels(self.api_path, mid).observe(time.perf_counter() - start)
-            for i, out in zip(index, outs):
-                results[i] = out
+            for (r, k, _), out in zip(group, arrays):
+                outs[r, k] = out
+        results = []
+        for r, req in enumerate(requests):
+            if "items" not in req:
+                out = outs.get((r, 0))
+                results.append(failed() if out is None else self.reply(req["model"], req, out))
+                continue
+            entries = []
+            for k, it in enumerate(req["items"]):
+                out = outs.get((r, k))
+                entries.append(it if "error" in it else
+                               {"error": {"code": "internal_error", "message": failed()["message"]}, "status": 500}
+                               if out is None else self.entry(req["model"], {**req, **it}, out))
+            results.append(ok(json.dumps({"results": entries}).encode(), "application/json",
+                              {"X-Vqtok-Model": req["model"]}))
         return results
 
-    def _run_alone(self, mid: str, item: dict) -> dict:
+    def _run_alone(self, mid: str, item: dict) -> Any:
         try:
             return self.run_group(mid, [item])[0]
         except Exception:
-            logger.exception("%s: request failed in the model", self.api_path)
-            return failed()
+            logger.exception("%s: an item failed in the model", self.api_path)
+            return None
 
     shape_key = "image"
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list:
+        """The model outputs of items that share a model and input shape (codes or images), one per item."""
+        raise NotImplementedError
+
+    def reply(self, mid: str, item: dict, out: np.ndarray) -> dict:
+        """The HTTP result of a single-item request."""
+        raise NotImplementedError
+
+    def entry(self, mid: str, item: dict, out: np.ndarray) -> dict:
+        """One item's JSON entry in the `{"results": [...]}` reply of a multi-item request."""
         raise NotImplementedError
 
     def chunks(self, n: int) -> list[slice]:
@@ -176,17 +210,30 @@ class TokenizerAPI(ls.LitAPI):
         entry = lookup_model(request, self.registry, body.fields)
         policy = text_field(body.fields, "policy", "resize", POLICIES)
         fmt = text_field(body.fields, "format", formats[0], formats)
-        data = image_bytes(body)
-        arr, valid = await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
-        return {"model": entry.id, "image": arr, "valid": valid, "policy": policy, "format": fmt}
+        payload = {"model": entry.id, "policy": policy, "format": fmt}
+        blobs = image_items(body, self.limits)
+        if blobs is None:
+            arr, valid = await asyncio.to_thread(prepare_image, image_bytes(body), entry, policy, self.limits)
+            return payload | {"image": arr, "valid": valid}
+        if fmt not in self.multi_formats:
+            raise bad_request(f"format {fmt!r} takes one image per request; a multi-image request replies JSON "
+                              f"(format {' or '.join(self.multi_formats)})", "invalid_parameter")
+        items = await asyncio.to_thread(_prepare_all, blobs, entry, policy, self.limits)
+        return payload | {"items": items}
+
+    multi_formats: tuple[str, ...] = IMAGE_FORMATS  # formats a multi-item request may ask for (its reply is JSON)
 
 
 _IMAGE_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "image": {"type": "string", "format": "binary", "description": "repeat the part for several images"},
+        "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
-    "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "description": "base64 image bytes"}, "model": {"type": "string"},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "description": "base64 image bytes"},
+        "images": {"type": "array", "items": {"type": "string"}, "description": "several base64 images: the reply "
+                   "is {\"results\": [...]}, one entry per image in order (at most --max-items)"},
+        "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }
@@ -201,24 +248,28 @@ class EncodeAPI(TokenizerAPI):
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, ("json", "npy"))
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    multi_formats = ("json",)
+
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         codes = self.encode_items(mid, items)
-        entry, out = self.registry.models[mid], []
-        for item, grid in zip(items, codes):
-            h, w = grid.shape
-            headers = {"X-Vqtok-Model": mid, "X-Vqtok-Codebook-Sha256": entry.codebook_sha256,
-                       "X-Vqtok-Shape": f"{h},{w}"}
-            if item["format"] == "npy":
-                buf = io.BytesIO()
-                np.save(buf, grid.astype(np.int64))
-                out.append(ok(buf.getvalue(), "application/x-npy", headers))
-            else:
-                reply = {"model": mid, "codebook_size": entry.codebook_size, "codebook_sha256": entry.codebook_sha256,
-                         "factor": entry.factor, "policy": item["policy"], "input_size": list(item["valid"]),
-                         "shape": [h, w], "codes": grid.tolist()}
-                out.append(ok(json.dumps(reply).encode(), "application/json", headers))
         self.count(mid, len(items), int(codes.size))
-        return out
+        return list(codes)
+
+    def entry(self, mid: str, item: dict, grid: np.ndarray) -> dict:
+        e = self.registry.models[mid]
+        return {"model": mid, "codebook_size": e.codebook_size, "codebook_sha256": e.codebook_sha256,
+                "factor": e.factor, "policy": item["policy"], "input_size": list(item["valid"]),
+                "shape": list(grid.shape), "codes": grid.tolist()}
+
+    def reply(self, mid: str, item: dict, grid: np.ndarray) -> dict:
+        h, w = grid.shape
+        headers = {"X-Vqtok-Model": mid, "X-Vqtok-Codebook-Sha256": self.registry.models[mid].codebook_sha256,
+                   "X-Vqtok-Shape": f"{h},{w}"}
+        if item["format"] == "npy":
+            buf = io.BytesIO()
+            np.save(buf, grid.astype(np.int64))
+            return ok(buf.getvalue(), "application/x-npy", headers)
+        return ok(json.dumps(self.entry(mid, item, grid)).encode(), "application/json", headers)
 
 
 class DecodeAPI(TokenizerAPI):
@@ -228,7 +279,8 @@ class DecodeAPI(TokenizerAPI):
     shape_key = "codes"
     request_body = {
         "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
-            "codes": {"type": "array", "description": "[[...]] grid, or a flat list with 'shape'"},
+            "codes": {"type": "array", "description": "[[...]] grid, a flat list with 'shape', or a list of grids "
+                      "(reply {\"results\": [...]})"},
             "shape": {"type": "array", "items": {"type": "integer"}}, "model": {"type": "string"},
             "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": list(IMAGE_FORMATS)}}}},
         "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
@@ -239,13 +291,22 @@ class DecodeAPI(TokenizerAPI):
         entry = lookup_model(request, self.registry, body.fields)
         fmt = text_field(body.fields, "format", "png", IMAGE_FORMATS)
         codes = await asyncio.to_thread(parse_codes, body, entry, self.limits)
+        if isinstance(codes, list):
+            return {"model": entry.id, "format": fmt, "items": [
+                item_error(c) if isinstance(c, ApiError) else {"codes": c} for c in codes]}
         return {"model": entry.id, "codes": codes, "format": fmt}
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         grids, tok = np.stack([it["codes"] for it in items]), self.models[mid]
         images = np.concatenate([tok.decode(grids[c]) for c in self.chunks(len(grids))])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
-        return [image_reply(mid, img, it["format"]) for it, img in zip(items, images)]
+        return list(images)
+
+    def reply(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_reply(mid, img, item["format"])
+
+    def entry(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_entry(mid, img, item["format"])
 
 
 class ReconstructAPI(TokenizerAPI):
@@ -256,26 +317,58 @@ class ReconstructAPI(TokenizerAPI):
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, IMAGE_FORMATS)
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         codes, tok = self.encode_items(mid, items), self.models[mid]
         images = np.concatenate([tok.decode(codes[c]) for c in self.chunks(len(codes))])
         self.count(mid, len(items), int(codes.size))
-        return [image_reply(mid, img[: it["valid"][0], : it["valid"][1]], it["format"])
-                for it, img in zip(items, images)]
+        return [img[: it["valid"][0], : it["valid"][1]] for it, img in zip(items, images)]
+
+    def reply(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_reply(mid, img, item["format"])
+
+    def entry(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_entry(mid, img, item["format"])
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr))
+    return buf.getvalue()
 
 
 def image_reply(mid: str, img: np.ndarray, fmt: str) -> dict:
     headers = {"X-Vqtok-Model": mid}
     if fmt == "npy":  # no PNG encoding at all: the cheapest reply for a client that wants pixels
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(img))
-        return ok(buf.getvalue(), "application/x-npy", headers)
-    png = png_bytes(img)
+        return ok(npy_bytes(img), "application/x-npy", headers)
     if fmt == "json":
-        reply = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0]),
-                 "image": base64.b64encode(png).decode("ascii")}
-        return ok(json.dumps(reply).encode(), "application/json", headers)
-    return ok(png, "image/png", headers)
+        return ok(json.dumps(image_entry(mid, img, fmt)).encode(), "application/json", headers)
+    return ok(png_bytes(img), "image/png", headers)
+
+
+def image_entry(mid: str, img: np.ndarray, fmt: str) -> dict:
+    """An image as JSON: base64 PNG (`image`), or with format=npy base64 .npy bytes of the uint8 array (`npy`)."""
+    out = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0])}
+    if fmt == "npy":
+        return out | {"npy": base64.b64encode(npy_bytes(img)).decode("ascii")}
+    return out | {"image": base64.b64encode(png_bytes(img)).decode("ascii")}
+
+
+def item_error(err: ApiError) -> dict:
+    """A bad item's entry in a multi-item reply (the same shape as an error reply's body, plus its status)."""
+    return {"error": {"code": err.code, "message": err.detail}, "status": err.status_code}
+
+
+def _prepare_all(blobs: list, entry, policy: str, limits: Limits) -> list[dict]:
+    items = []
+    for blob in blobs:
+        try:
+            if isinstance(blob, ApiError):
+                raise blob
+            arr, valid = prepare_image(blob, entry, policy, limits)
+            items.append({"image": arr, "valid": valid})
+        except ApiError as err:
+            items.append(item_error(err))
+    return items
 
 
 API_CLASSES = (EncodeAPI, DecodeAPI, ReconstructAPI)

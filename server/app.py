@@ -28,7 +28,7 @@ from PIL import Image
 from . import metrics, patches
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware
-from .edge import Limits
+from .edge import MAX_ITEMS, Limits
 from .errors import install_error_handlers
 from .registry import Registry
 
@@ -47,6 +47,7 @@ class Settings:
     batch_timeout: float = 0.002  # seconds a batch waits to fill (bench: 10 ms cost p50 at c=1 more than it gained)
     max_pixels: int = 4096 * 4096  # decoded source images and decoded outputs
     max_body_mb: float = 32.0
+    max_items: int = MAX_ITEMS  # images (or code grids) in one multi-item request
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
@@ -56,7 +57,8 @@ class Settings:
 
     @property
     def limits(self) -> Limits:
-        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels))
+        return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels),
+                      max_items=int(self.max_items))
 
 
 def visible_gpus() -> int:

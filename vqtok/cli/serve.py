@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-timeout", type=float, default=0.002, help="seconds a batch waits to fill (default 0.002)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixel limit per image (default 4096²)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
+    p.add_argument("--max-items", type=int, default=64, help="images or code grids in one multi-item request "
+                   "(default 64)")
     p.add_argument("--api-key", help="require this key (X-API-Key or Bearer) on every route but /health "
                    "(default: $VQTOK_API_KEY; none: no auth)")
     p.add_argument("--api-servers", type=int, help="HTTP processes (default: workers × devices)")
@@ -50,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
                         ("--max-pixels", args.max_pixels)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if args.batch_timeout < 0 or args.max_body_mb <= 0:
-        raise ValueError("--batch-timeout must be ≥ 0 and --max-body-mb > 0")
+    if args.batch_timeout < 0 or args.max_body_mb <= 0 or args.max_items < 1:
+        raise ValueError("--batch-timeout must be ≥ 0, --max-body-mb > 0 and --max-items ≥ 1")
     import logging
 
     from vqtok.server.app import Settings, build_server, serve
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(device=args.device, workers=args.workers, max_batch_size=args.max_batch_size,
                         batch_timeout=args.batch_timeout, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb,
+                        max_items=args.max_items,
                         api_key=args.api_key, threads=args.threads, timeout=args.timeout,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
                         fast_queue=args.fast_queue)
