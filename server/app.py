@@ -51,6 +51,8 @@ class Settings:
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
+    polling_loop: bool = False  # LitServe's own batch collection (polls every 1 ms): only to measure against
+    png_in_worker: bool = False  # PNG replies encoded in the worker instead of the HTTP process: to measure against
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds a request may wait in the queue
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
@@ -106,7 +108,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
         threads = threads_per_worker(settings, devices)
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
-                    settings.ort_batch) for cls in API_CLASSES]
+                    settings.ort_batch, settings.polling_loop, settings.png_in_worker) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
                          timeout=settings.timeout, model_metadata=registry.describe(),

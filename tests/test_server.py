@@ -399,6 +399,13 @@ def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
     assert api.ort_batch == 1  # CPU: one image per ONNX Runtime call
 
 
+def finish(api, result: dict) -> bytes:
+    """The reply body the HTTP process makes of a worker's result (PNGs are encoded there)."""
+    import asyncio
+
+    return asyncio.run(api.respond(result)).body
+
+
 def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
     from vqtok.server.apis import DecodeAPI, ReconstructAPI
     from vqtok.server.edge import Limits
@@ -414,10 +421,10 @@ def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
         assert api.ort_batch == 2 and api.chunks(5) == [slice(0, 2), slice(2, 4), slice(4, 6)]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "png"} for im in images]
     want = tok.decode(codes)
-    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in recon.predict(items)]
+    got = [np.asarray(Image.open(io.BytesIO(finish(recon, r)))) for r in recon.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
     items = [{"model": "tiny-a", "codes": c.astype(np.int32), "format": "png"} for c in codes]
-    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in decode.predict(items)]
+    got = [np.asarray(Image.open(io.BytesIO(finish(decode, r)))) for r in decode.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
 
 

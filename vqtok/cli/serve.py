@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
     p.add_argument("--ort-batch", type=int, help="images per ONNX Runtime call within a dynamic batch (default 1 on "
                    "CPU, where it measured fastest on 2 cores and holds the least memory; the whole batch on GPUs)")
+    p.add_argument("--polling-loop", action="store_true", help="workers collect batches with LitServe's own loop, "
+                   "which polls the queue every 1 ms (for A/B measurements; docs/PERFORMANCE.md)")
+    p.add_argument("--png-in-worker", action="store_true", help="encode PNG replies in the inference worker instead "
+                   "of the HTTP process (for A/B measurements; docs/PERFORMANCE.md)")
     p.add_argument("--fast-queue", action="store_true", help="replies from workers over ZeroMQ instead of "
                    "multiprocessing-manager queues (fewer round trips per request; see docs/PERFORMANCE.md)")
     p.add_argument("--batch-timeout", type=float, default=0.002, help="seconds a batch waits to fill (default 0.002)")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                         max_items=args.max_items,
                         api_key=args.api_key, threads=args.threads, timeout=args.timeout,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
-                        fast_queue=args.fast_queue)
+                        fast_queue=args.fast_queue, polling_loop=args.polling_loop,
+                        png_in_worker=args.png_in_worker)
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
