@@ -9,6 +9,7 @@ Imports numpy, Pillow and onnxruntime only (never torch).
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import threading
@@ -243,8 +244,11 @@ class OnnxTokenizer:
                              "call each, or use policy 'resize'")
         return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
 
-    def encode_array(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 [B, H, W, 3] (H, W multiples of f, at most max_side) → int64 codes [B, H/f, W/f]."""
+    def encode_array(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
+        """uint8 [B, H, W, 3] (H, W multiples of f, at most max_side) → int64 codes [B, H/f, W/f].
+
+        `release`: give the memory this call needed back to the OS afterwards (see `release_memory`), for an
+        outlier in a long-running process; costs re-allocation on the next call."""
         m = self.metadata
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
             raise ValueError(f"expected uint8 [B, H, W, 3], got {batch.dtype} {batch.shape}")
@@ -258,7 +262,10 @@ class OnnxTokenizer:
             raise ValueError(f"{b} images in one call; the limit is {self.max_batch}: split the batch")
         if self.encoder is None:
             raise RuntimeError("this OnnxTokenizer has no encoder: it was loaded with graphs=('decoder',)")
-        codes = self.encoder.run(None, {"images": np.ascontiguousarray(batch)})[0]
+        feeds = {"images": np.ascontiguousarray(batch)}
+        codes = self.encoder.run(None, feeds, _shrink_options() if release else None)[0]
+        if release:
+            release_memory()
         return codes.astype(np.int64)
 
     def encode(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize",
@@ -273,16 +280,38 @@ class OnnxTokenizer:
         m = self.metadata
         return validate_codes(codes, m.codebook_size, m.factor, m.max_side, self.max_batch)
 
-    def decode(self, codes) -> np.ndarray:
-        """Codes [B, h, w] or [h, w] (ints in [0, K)) → uint8 images [B, h·f, w·f, 3]. Raises `InvalidCodes`."""
+    def decode(self, codes, release: bool = False) -> np.ndarray:
+        """Codes [B, h, w] or [h, w] (ints in [0, K)) → uint8 images [B, h·f, w·f, 3]. Raises `InvalidCodes`.
+        `release`: as in `encode_array`."""
         if self.decoder is None:
             raise RuntimeError("this OnnxTokenizer has no decoder: it was loaded with graphs=('encoder',)")
-        return self.decoder.run(None, {"codes": self.validate(codes)})[0]
+        images = self.decoder.run(None, {"codes": self.validate(codes)}, _shrink_options() if release else None)[0]
+        if release:
+            release_memory()
+        return images
 
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
                 f"device={self.device!r})")
+
+
+def _shrink_options():
+    """ORT run options that hand the CPU arena's unused regions back when the run ends (ORT's
+    `memory.enable_memory_arena_shrinkage`): without them a worker keeps its largest request's activations forever."""
+    ort = import_onnxruntime()
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc `malloc_trim`; freed blocks below the mmap threshold otherwise
+    stay in the process). A no-op where glibc is missing."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _register_shared_arena(ort) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
+import contextlib
 import io
 import json
 import logging
@@ -35,19 +35,11 @@ from . import metrics
 from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
                    text_field)
 from .errors import ApiError, bad_request, error_response
+from .guards import name_process, watch_parent
 from .patches import BlockingBatchedLoop
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
-
-
-def name_process(name: str) -> None:
-    """Name this process (/proc/PID/comm: `ps -o comm`, `top`), so each endpoint's workers and their memory can be
-    told apart; Linux keeps 15 bytes. A no-op where prctl is missing."""
-    try:
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
 
 
 IMAGE_FORMATS = ("png", "json", "npy")  # replies of decode and reconstruct
@@ -79,6 +71,8 @@ class TokenizerAPI(ls.LitAPI):
     endpoint = ""
     summary = ""
     request_body: dict = {}
+    reply_types: dict = {}  # 200 content types (OpenAPI)
+    error_statuses: tuple[int, ...] = (400, 401, 404, 408, 413, 415, 500, 503, 504)
     graphs: tuple[str, ...] = ("encoder", "decoder")  # the ONNX graphs this endpoint's workers load
 
     def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
@@ -98,6 +92,7 @@ class TokenizerAPI(ls.LitAPI):
         from vqtok.export.runtime import OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
+        watch_parent()  # exit with the main process, even after its kill -9
         name_process(f"vq-{self.endpoint}")  # before ORT starts its threads, which inherit the name
         kind = "cpu"
         if device.startswith("cuda"):  # one worker set per GPU: pin this worker to its device
@@ -208,13 +203,54 @@ class TokenizerAPI(ls.LitAPI):
     def encode_items(self, mid: str, items: list[dict]) -> np.ndarray:
         """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
         batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
-        return np.concatenate([tok.encode_array(batch[c]) for c in self.chunks(len(batch))])
+        release = self.outlier(mid, batch.shape[1] * batch.shape[2])
+        return np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+
+    def outlier(self, mid: str, pixels: int) -> bool:
+        """Images larger than the model's S×S (policy 'native', big code grids) make ONNX Runtime grow its arena to
+        their size; such calls give that memory back afterwards, so a worker returns to its S×S footprint
+        (docs/RELIABILITY.md, memory). S×S calls keep the arena: re-allocating it would cost every request."""
+        return pixels > self.registry.models[mid].image_size ** 2
 
     def count(self, mid: str, images: int, codes: int) -> None:
         metrics.get().images.labels(self.api_path, mid).inc(images)
         metrics.get().codes.labels(self.api_path, mid).inc(codes)
 
     # -- edge half (HTTP process) -----------------------------------------------------------------------------------
+    _large_gate: asyncio.Semaphore | None = None  # made on first use, in the HTTP process (after the fork)
+
+    def payload_pixels(self, payload: dict) -> int:
+        """Pixels of the request's image (its largest good item's for a multi-item request: many S×S items still run
+        as S×S calls)."""
+        if "items" in payload:
+            good = [{"model": payload["model"], **it} for it in payload["items"] if "error" not in it]
+            return max((self.payload_pixels(it) for it in good), default=0)
+        if "image" in payload:
+            return payload["image"].shape[0] * payload["image"].shape[1]
+        h, w = payload["codes"].shape
+        return h * w * self.registry.models[payload["model"]].factor ** 2
+
+    @contextlib.asynccontextmanager
+    async def admission(self, payload: dict, timeout: float | None):
+        """Queue at most `limits.large_slots` requests larger than S×S at once: a client sending many max-size
+        requests would otherwise fill the endpoint's queue, and every small request behind them would wait for all
+        of them (six 128×128-grid decodes held a 32×32 one for 94 s). Small requests pass straight through;
+        waiting here counts toward the end-to-end timeout."""
+        if not self.outlier(payload["model"], self.payload_pixels(payload)):
+            yield
+            return
+        if self._large_gate is None:
+            self._large_gate = asyncio.Semaphore(self.limits.large_slots)
+        try:
+            await asyncio.wait_for(self._large_gate.acquire(), timeout if timeout and timeout > 0 else None)
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no slot for a large request within the server's {timeout:g} s "
+                           "timeout (others are being served); retry later or send smaller requests") from None
+        try:
+            yield
+        finally:
+            self._large_gate.release()
+
     async def parse(self, request: Request) -> dict:
         raise NotImplementedError
 
@@ -260,11 +296,20 @@ _IMAGE_BODY = {
 }
 
 
+_IMAGE_REPLY = {"image/png": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": {"type": "object", "description": "{image, width, height}, or "
+                                                "{results: [...]} for a multi-item request"}},
+                "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
+
+
 class EncodeAPI(TokenizerAPI):
     endpoint = "encode"
     graphs = ("encoder",)
     summary = "Image → code grid (JSON, or int64 .npy with format=npy)"
     request_body = _IMAGE_BODY
+    reply_types = {"application/json": {"schema": {"type": "object", "description": "{codes, shape, ...}, or "
+                                                   "{results: [...]} for a multi-item request"}},
+                   "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
 
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, ("json", "npy"))
@@ -297,6 +342,8 @@ class DecodeAPI(TokenizerAPI):
     endpoint = "decode"
     graphs = ("decoder",)
     summary = "Code grid → PNG (JSON with a base64 PNG with format=json, raw uint8 [H, W, 3] .npy with format=npy)"
+    reply_types = _IMAGE_REPLY
+    error_statuses = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
     shape_key = "codes"
     request_body = {
         "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
@@ -319,7 +366,8 @@ class DecodeAPI(TokenizerAPI):
 
     def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         grids, tok = np.stack([it["codes"] for it in items]), self.models[mid]
-        images = np.concatenate([tok.decode(grids[c]) for c in self.chunks(len(grids))])
+        release = self.outlier(mid, grids.shape[1] * grids.shape[2] * self.registry.models[mid].factor ** 2)
+        images = np.concatenate([tok.decode(grids[c], release) for c in self.chunks(len(grids))])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
         return list(images)
 
@@ -334,13 +382,15 @@ class ReconstructAPI(TokenizerAPI):
     endpoint = "reconstruct"
     summary = "Image → encode → decode → PNG (or format=json / npy as for decode)"
     request_body = _IMAGE_BODY
+    reply_types = _IMAGE_REPLY
 
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, IMAGE_FORMATS)
 
     def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         codes, tok = self.encode_items(mid, items), self.models[mid]
-        images = np.concatenate([tok.decode(codes[c]) for c in self.chunks(len(codes))])
+        release = self.outlier(mid, items[0]["image"].shape[0] * items[0]["image"].shape[1])
+        images = np.concatenate([tok.decode(codes[c], release) for c in self.chunks(len(codes))])
         self.count(mid, len(items), int(codes.size))
         return [img[: it["valid"][0], : it["valid"][1]] for it, img in zip(items, images)]
 

@@ -7,8 +7,11 @@ What this adds to LitServe 0.2.19 (pinned):
 - requests are parsed and validated at the edge (`TokenizerAPI.parse`, in the HTTP process) before they are queued;
 - errors are JSON `{"error": {"code", "message"}}` (errors.py), the API key is checked for every route but /health;
 - start-up waits for *every* worker and refuses to run if any fails (e.g. CUDA not really active);
-- shutdown on SIGTERM/SIGINT drains the HTTP processes first (in-flight requests finish while the workers still
-  run), then stops the workers and the manager, and reaps any child left.
+- shutdown on SIGTERM/SIGINT refuses new connections at once, drains the HTTP processes (in-flight requests finish
+  while the workers still run), then stops the workers and the manager, and reaps any child left;
+- hardening (docs/RELIABILITY.md): end-to-end --timeout (504), body/header read deadlines (408 / disconnect), a dead
+  worker is restarted (its requests: 503 + Retry-After), a dead HTTP process stops the server non-zero, children
+  exit with the main process (`guards.py`); /health/live and /health/ready (HEAD too).
 """
 from __future__ import annotations
 
@@ -23,13 +26,18 @@ from pathlib import Path
 
 import litserve as ls
 from fastapi import Response
+from litserve.utils import WorkerSetupStatus
 from PIL import Image
+
+from vqtok import __version__
 
 from . import metrics, patches
 from .apis import API_CLASSES
-from .auth import ApiKeyMiddleware
+from .auth import ApiKeyMiddleware, QueryRedactingFilter
+from .docs import install_docs
 from .edge import MAX_ITEMS, Limits
 from .errors import install_error_handlers
+from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
@@ -54,13 +62,16 @@ class Settings:
     polling_loop: bool = False  # LitServe's own batch collection (polls every 1 ms): only to measure against
     png_in_worker: bool = False  # PNG replies encoded in the worker instead of the HTTP process: to measure against
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
-    timeout: float = 60.0  # seconds a request may wait in the queue
+    timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
+    read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
+    large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
+    header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
 
     @property
     def limits(self) -> Limits:
         return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels),
-                      max_items=int(self.max_items))
+                      max_items=int(self.max_items), large_slots=self.large_slots)
 
 
 def visible_gpus() -> int:
@@ -111,18 +122,31 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
                     settings.ort_batch, settings.polling_loop, settings.png_in_worker) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
-                         timeout=settings.timeout, model_metadata=registry.describe(),
-                         middlewares=[(ApiKeyMiddleware, {"api_key": settings.api_key}),
+                         timeout=settings.timeout, model_metadata=registry.describe(), restart_workers=True,
+                         middlewares=[(BodyDeadlineMiddleware, {"read_timeout": settings.read_timeout}),
+                                      (ApiKeyMiddleware, {"api_key": settings.api_key}),
                                       (metrics.MetricsMiddleware, {})])
+        self.watch = ProcessWatch({api.api_path: len(self._inference_workers_config_for_api(api.api_path))
+                                   for api in apis})
+        self._sockets: list = []
         self.uvicorn_graceful_timeout = settings.graceful_timeout
         if settings.fast_queue:
             patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
+        install_docs(self.app, "vqtok", __version__)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"])
+        self.app.add_api_route("/health", self._ready_route, methods=["HEAD"], include_in_schema=False)
+        for path, route, summary in (
+                ("/health/live", self._live_route, "Liveness: 200 while this HTTP process answers"),
+                ("/health/ready", self._ready_route, "Readiness: 200 only when every inference worker is up and "
+                                                     "has loaded its models, else 503")):
+            self.app.add_api_route(path, route, methods=["GET"], tags=["health"], summary=summary,
+                                   response_class=Response)
+            self.app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
         logger.info("serving %s (default %s) on %s, %d worker(s) per endpoint per device, %d ORT thread(s) each",
                     ", ".join(registry.models), registry.default, settings.device, settings.workers, threads)
 
@@ -133,11 +157,33 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    async def _live_route(self) -> Response:
+        return Response("ok", media_type="text/plain")
+
+    async def _ready_route(self) -> Response:
+        states = dict(self.workers_setup_status)  # LitServe's: READY once a (re)started worker loaded its models
+        ready = bool(states) and all(v == WorkerSetupStatus.READY for v in states.values()) and self.watch.all_up()
+        return Response("ok" if ready else "not ready", status_code=200 if ready else 503, media_type="text/plain")
+
+    def worker_slots(self) -> list[tuple[str, int, mp.process.BaseProcess]]:
+        """(api path, LitServe worker id, process) for every inference worker, in LitServe's order."""
+        slots, i = [], 0
+        for api in self.litapi_connector:
+            for wid in range(len(self._inference_workers_config_for_api(api.api_path))):
+                if i < len(self.inference_workers):
+                    slots.append((api.api_path, wid, self.inference_workers[i]))
+                i += 1
+        return slots
+
     def run(self, *args, **kwargs) -> None:
+        watch_parent_in_forked_children()  # HTTP processes and the manager; spawned workers start it in setup()
+        patches.hide_bind_banner()  # `_start_server` logs the ready line instead
         try:
             super().run(*args, **kwargs)
         finally:
             reap_children()
+        if self.watch.fatal:
+            raise RuntimeError(self.watch.fatal)
 
 
 def _check_cuda() -> int:
@@ -199,5 +245,6 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
     signal.signal(signal.SIGINT, on_signal)
     if api_servers is None:
         api_servers = max(1, len(server.devices) * server.settings.workers)
+    logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())  # inherited by the forked HTTP processes
     server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
 

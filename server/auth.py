@@ -1,14 +1,18 @@
-"""API-key check for every route except `/health`: `X-API-Key: KEY` or `Authorization: Bearer KEY`."""
+"""API-key check for every route except the health probes: `X-API-Key: KEY` or `Authorization: Bearer KEY`.
+
+Keys are never read from query strings, and access logs drop query strings (`QueryRedactingFilter`), so a key a
+client puts in a URL by mistake does not end up in the log."""
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 from starlette.datastructures import Headers
 
 from .errors import error_response
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 
 
 def _digest(key: str) -> bytes:
@@ -36,7 +40,17 @@ class ApiKeyMiddleware:
         if not self.authorized(Headers(scope=scope)):
             missing = "x-api-key" not in Headers(scope=scope) and "authorization" not in Headers(scope=scope)
             message = ("this server requires an API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"
-                       if missing else "wrong API key; check the key the server was started with (--api-key)")
+                       if missing else "wrong API key; check the key the server was started with ($VQTOK_API_KEY or --api-key-file)")
             response = error_response(401, message, "unauthorized", headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+class QueryRedactingFilter(logging.Filter):
+    """uvicorn access-log records without their query string (they may carry keys or tokens)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?<redacted>", *args[3:])
+        return True

@@ -10,14 +10,19 @@
 
 Every server error is raised as a `VqtokError` subclass chosen by status (see `ERRORS`), carrying the server's
 `status`, `code` and `message`; connection failures and timeouts raise `ServerUnavailable`.
+Requests are pure functions of their input, so both clients retry them (`retries`, default 3) on connection errors
+and on 502/503/504 (a replica going away behind a load balancer, a worker restarting), waiting `Retry-After` when the
+server sends one, else 0.25·2ⁿ s.
 No torch: numpy, Pillow and httpx only.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -206,26 +211,45 @@ def _parts(items: Sequence[Any], batch: int) -> list[list[Any]]:
     return [list(items[i: i + batch]) for i in range(0, len(items), batch)]
 
 
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _retry_delay(attempt: int, resp: httpx.Response | None) -> float:
+    after = resp.headers.get("retry-after", "") if resp is not None else ""
+    return min(float(after), 10.0) if after.isdigit() else 0.25 * 2**attempt
+
+
+def _unavailable(url: str, err: Exception) -> ServerUnavailable:
+    return ServerUnavailable(f"cannot reach the vqtok server at {url} ({err}); is `vqtok serve` running?")
+
+
 def _headers(api_key: str | None) -> dict:
     key = api_key if api_key is not None else os.environ.get("VQTOK_API_KEY")
     return {"X-API-Key": key} if key else {}
 
 
 class Client:
-    """Blocking client. `api_key` defaults to $VQTOK_API_KEY; `timeout` is per request, in seconds."""
+    """Blocking client. `api_key` defaults to $VQTOK_API_KEY; `timeout` is per request, in seconds; `retries`:
+    extra attempts on connection errors and 502/503/504 (see the module docstring)."""
 
-    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0,
+                 retries: int = 3) -> None:
+        self.url, self.retries = url.rstrip("/"), retries
         self._http = httpx.Client(base_url=self.url, headers=_headers(api_key), timeout=timeout)
 
     def _call(self, name: str, *args: Any) -> Any:
         method, path, kw = _requests(name, *args)
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.TransportError as err:
-            raise ServerUnavailable(f"cannot reach the vqtok server at {self.url} ({err}); is `vqtok serve` "
-                                    "running?") from err
-        return _result(name, resp)
+        for attempt in range(self.retries + 1):
+            resp = None
+            try:
+                resp = self._http.request(method, path, **kw)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise _unavailable(self.url, err) from err
+            else:
+                if resp.status_code not in RETRY_STATUSES or name == "health" or attempt == self.retries:
+                    return _result(name, resp)
+            time.sleep(_retry_delay(attempt, resp))
 
     def encode(self, image: ImageInput | Sequence[ImageInput], model: str | None = None, policy: str | None = None,
                batch: int = BATCH) -> np.ndarray | list[np.ndarray]:
@@ -278,18 +302,24 @@ class Client:
 class AsyncClient:
     """The same calls as `Client`, as coroutines."""
 
-    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0,
+                 retries: int = 3) -> None:
+        self.url, self.retries = url.rstrip("/"), retries
         self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(api_key), timeout=timeout)
 
     async def _call(self, name: str, *args: Any) -> Any:
         method, path, kw = _requests(name, *args)
-        try:
-            resp = await self._http.request(method, path, **kw)
-        except httpx.TransportError as err:
-            raise ServerUnavailable(f"cannot reach the vqtok server at {self.url} ({err}); is `vqtok serve` "
-                                    "running?") from err
-        return _result(name, resp)
+        for attempt in range(self.retries + 1):
+            resp = None
+            try:
+                resp = await self._http.request(method, path, **kw)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise _unavailable(self.url, err) from err
+            else:
+                if resp.status_code not in RETRY_STATUSES or name == "health" or attempt == self.retries:
+                    return _result(name, resp)
+            await asyncio.sleep(_retry_delay(attempt, resp))
 
     async def encode(self, image: ImageInput | Sequence[ImageInput], model: str | None = None,
                      policy: str | None = None, batch: int = BATCH) -> np.ndarray | list[np.ndarray]:

@@ -10,10 +10,13 @@ import binascii
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
+from numpy.lib import format as npformat
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -28,6 +31,7 @@ from .registry import ModelEntry, Registry, UnknownModel
 logger = logging.getLogger("vqtok.server")
 
 NPY_TYPES = frozenset({"application/x-npy", "application/npy", "application/octet-stream"})
+NPY_MAX_HEADER = 1024  # np.save writes ~128 bytes for any 2-D array
 RAW_TYPES = NPY_TYPES | {"application/x-www-form-urlencoded", ""}  # curl --data-binary sends urlencoded
 
 
@@ -39,6 +43,7 @@ class Limits:
     max_body_bytes: int
     max_pixels: int
     max_items: int = MAX_ITEMS
+    large_slots: int = 1  # requests larger than S×S in flight per endpoint and HTTP process; more wait at the edge
 
 
 @dataclass
@@ -78,12 +83,8 @@ async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
     mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fields: dict[str, Any] = dict(request.query_params)
     if mtype == "application/json" or mtype.endswith("+json") or (not mtype and body.lstrip()[:1] == b"{"):
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise bad_request(f"malformed JSON body: {err}", "invalid_json") from None
-        if not isinstance(data, dict):
-            raise bad_request("the JSON body must be an object", "invalid_json")
+        # off the event loop when large: 32 MiB of JSON takes seconds, during which /health would not answer
+        data = await anyio.to_thread.run_sync(_json_object, body) if len(body) > 65536 else _json_object(body)
         return Body({**fields, **data}, None)
     if mtype == "multipart/form-data":
         return await _parse_multipart(request, body, fields, file_field, limits.max_items)
@@ -91,6 +92,18 @@ async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
         return Body(fields, body)
     raise ApiError(415, "unsupported_media_type", f"Content-Type {mtype!r} is not accepted: send application/json, "
                    "multipart/form-data, an image/* body or an application/x-npy body")
+
+
+def _json_object(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except RecursionError:  # json's C scanner nests at most ~1,000 deep; deeper input must not be a 500
+        raise bad_request("malformed JSON body: nested too deeply", "invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise bad_request(f"malformed JSON body: {err}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("the JSON body must be an object", "invalid_json")
+    return data
 
 
 async def _one_chunk(body: bytes):
@@ -273,13 +286,25 @@ def _one_grid(raw: Any, entry: ModelEntry, limits: Limits) -> np.ndarray:
 
 
 def _load_npy(blob: bytes) -> np.ndarray:
+    """A .npy body as an array, read with numpy's literal-only header parser (never eval) and its declared size
+    checked against the bytes sent before anything is allocated (a 100-byte body may claim 10¹⁰ int64)."""
+    fp = io.BytesIO(blob)
     try:
-        arr = np.load(io.BytesIO(blob), allow_pickle=False)
-    except (ValueError, OSError, EOFError, TypeError) as err:
-        raise bad_request(f"the body is not a .npy array (np.save): {err}", "invalid_npy") from None
-    if not isinstance(arr, np.ndarray):
-        raise bad_request("send one .npy array, not an .npz archive", "invalid_npy")
-    return arr
+        version = npformat.read_magic(fp)
+        read_header = {(1, 0): npformat.read_array_header_1_0, (2, 0): npformat.read_array_header_2_0}[version]
+        shape, fortran, dtype = read_header(fp, max_header_size=NPY_MAX_HEADER)
+    except (ValueError, KeyError, OSError, EOFError, TypeError, SyntaxError, RecursionError):
+        # numpy's messages quote parser objects (with their addresses): say what is wrong without them
+        raise bad_request("the body is not a .npy array written by np.save (unreadable header; versions 1.0 and "
+                          "2.0 are accepted)", "invalid_npy") from None
+    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None:
+        raise bad_request(f"a .npy of plain numbers is expected, got dtype {str(dtype)[:60]}", "invalid_npy")
+    count = math.prod(shape)
+    sent = len(blob) - fp.tell()
+    if count * dtype.itemsize != sent:
+        raise bad_request(f"the .npy header declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
+                          f"but the body carries {sent} bytes after it", "invalid_npy")
+    return np.frombuffer(blob, dtype, count, fp.tell()).reshape(shape, order="F" if fortran else "C")
 
 
 def _reshape(raw: Any, shape: Any) -> np.ndarray:

@@ -16,7 +16,7 @@ logger = logging.getLogger("vqtok.server")
 
 # status → the code used when an HTTPException carries none of its own
 DEFAULT_CODES = {
-    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
     413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_codes", 500: "internal_error",
     503: "unavailable", 504: "timeout",
 }
@@ -25,9 +25,24 @@ DEFAULT_CODES = {
 class ApiError(HTTPException):
     """A client error with a stable machine-readable `code` (see `DEFAULT_CODES`) and a human message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status_code=status, detail=message)
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(status_code=status, detail=message, headers=headers)
         self.code = code
+
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}
+WHEN = {400: "malformed request (JSON, multipart, base64, .npy, parameters)", 401: "missing or wrong API key",
+        404: "unknown model", 408: "the request body did not arrive within --read-timeout",
+        413: "body or image over the limits", 415: "unsupported Content-Type or undecodable image",
+        422: "invalid code grid", 500: "internal error", 503: "worker restarting (see Retry-After)",
+        504: "no reply within --timeout"}
+
+
+def openapi_errors(statuses: tuple[int, ...]) -> dict:
+    """OpenAPI `responses` entries for these error statuses: the JSON error shape above."""
+    return {s: {"description": WHEN[s], "content": {"application/json": {"schema": ERROR_SCHEMA}}} for s in statuses}
 
 
 def bad_request(message: str, code: str = "bad_request") -> ApiError:

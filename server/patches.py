@@ -8,10 +8,13 @@ behavioural tests there and in test_server*.py check that each override still do
 | override | upstream behaviour it changes | why |
 |---|---|---|
 | `EdgeHandler._prepare_request` | LitServe parses the body with `request.form()` / `request.json()` and queues that | our `parse` validates and preprocesses at the edge (HTTP process), so only good payloads are queued |
-| `EdgeHandler.handle_request` | worker outputs are returned as-is; errors become LitServe `HTTPException`s | worker results are plain dicts, finished into a `Response` (or our JSON error shape) by the LitAPI's `respond` in the HTTP process |
-| `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body per endpoint; auth is a middleware over every route |
+| `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts, finished into a `Response` (or our JSON error shape) by the LitAPI's `respond` in the HTTP process; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
+| `ServerOverrides._start_server` | the listening socket stays private to `run()`; uvicorn gets no header timeout | the socket is shut at SIGTERM (new clients refused at once, not queued for nobody); `HeaderDeadlineProtocol`; the process watch starts |
+| `HeaderDeadlineProtocol` (uvicorn's `HttpToolsProtocol`) | no request-header timeout; the keep-alive timer is cancelled by the first byte | a client trickling header bytes (slowloris) is disconnected after `--header-timeout` |
+| `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `hide_bind_banner` + `wait_until_ready` (in `_start_server`) | uvicorn logs "Uvicorn running on …" when `run()` binds the socket, seconds before any HTTP process listens (workers load first) | the banner is dropped; one "ready on …" line is logged once the port answers /health 200 |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
 | `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
 | `BlockingBatchedLoop.get_batch_requests` | a worker collects a batch by polling the request queue every 1 ms (`collate_requests`): each poll is a round trip to the multiprocessing manager, idle or not | block on the queue for the first request, then gather the rest within `batch_timeout`: an idle worker costs no CPU (on 2 cores the idle decode and reconstruct workers' polling took CPU from a loaded encode endpoint; measured in docs/PERFORMANCE.md) |
@@ -23,23 +26,34 @@ had already read under its size limit; `edge` now runs Starlette's `MultiPartPar
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib
 import inspect
+import asyncio
+import logging
 import multiprocessing as mp
+import socket
 import threading
 import time
 from queue import Empty
+from typing import Callable
 
 from fastapi import Request, Response
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
-from litserve.server import RegularRequestHandler
+from litserve.server import RegularRequestHandler, ResponseBufferItem
 from litserve.transport.factory import TransportConfig, create_transport_from_config
 from litserve.transport.zmq_queue import Broker
 from litserve.transport.zmq_transport import ZMQTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .errors import ApiError, openapi_errors
+
+RETRY_AFTER_S = 2
+
+logger = logging.getLogger("vqtok.server")
 
 # sha256 (first 16 hex digits) of `inspect.getsource` of the upstream code each override replaces or relies on
 UPSTREAM: dict[str, str] = {
@@ -52,10 +66,24 @@ UPSTREAM: dict[str, str] = {
     "litserve.server:LitServer._register_api_endpoints": "df52ecfb1cd8b261",
     # verify_worker_status: called by run() after the workers are launched
     "litserve.server:LitServer.verify_worker_status": "b973dfc5137f98c4",
+    # wait_for_reply: _handle_error_response raises for an error reply; response_queue_to_buffer sets the item's
+    # worker_id from the worker's START message and drops replies whose uid is gone
+    "litserve.server:RegularRequestHandler._handle_error_response": "18f3abb9b984dcd9",
+    "litserve.server:response_queue_to_buffer": "3d690c69c631a266",
+    # _start_server: builds one uvicorn.Config per HTTP process from our kwargs (http=), returns their processes
+    "litserve.server:LitServer._start_server": "509cc1cb9ae3a09a",
+    # HeaderDeadlineProtocol extends these hooks and relies on data_received not arming any header timer
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_made": "6efb565ff3d36b91",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_headers_complete": "1ea8589acfad92d8",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.on_response_complete": "64e254f28e389e76",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.connection_lost": "c91a4c9bf2e29c55",
+    "uvicorn.protocols.http.httptools_impl:HttpToolsProtocol.data_received": "010a7ae59a5d3b1a",
     # _perform_graceful_shutdown: called by run() and by the monitor thread (named "litserve-monitoring")
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
     "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
+    # hide_bind_banner: run() calls Config.bind_socket, which logs the banner, before the workers load
+    "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
     # drop_gzip: LitServer.__init__ appends GZipMiddleware to the middlewares
     "litserve.server:LitServer.__init__": "350eca8266eabafb",
     # ZeroMQ transport
@@ -95,7 +123,91 @@ class EdgeHandler(RegularRequestHandler):
         return await self.lit_api.parse(request)
 
     async def handle_request(self, request: Request, request_type) -> Response:
-        return await self.lit_api.respond(await super().handle_request(request, request_type))
+        payload = await self._prepare_request(request, request_type)
+        timeout = self.server.settings.timeout
+        start = time.monotonic()
+        async with self.lit_api.admission(payload, timeout):  # large requests: a few at a time (head-of-line)
+            left = None if not timeout or timeout < 0 else max(0.001, timeout - (time.monotonic() - start))
+            result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
+        return await self.lit_api.respond(result)
+
+
+async def wait_for_reply(handler, payload: dict, timeout: float | None,
+                         generations: Callable[[], tuple[int, ...]]) -> dict:
+    """Queue `payload` on `handler`'s endpoint and wait for the worker's reply dict (LitServe's handle_request, with
+    the deadline and worker-death detection described above). `generations()`: this endpoint's per-worker death
+    counters (`guards.ProcessWatch`), indexed like LitServe's worker ids."""
+    before = generations()
+    uid, _ = await handler._submit_request(payload)
+    event = asyncio.Event()
+    item = handler.server.response_buffer[uid] = ResponseBufferItem(event)
+    deadline = None if not timeout or timeout < 0 else time.monotonic() + timeout
+    try:
+        while True:
+            wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if wait <= 0:
+                raise ApiError(504, "timeout", f"no reply within the server's {timeout:g} s timeout; the server is "
+                               "overloaded: retry later or send smaller requests")
+            try:
+                await asyncio.wait_for(event.wait(), wait)
+                break
+            except asyncio.TimeoutError:
+                # item.worker_id: set by LitServe when a worker takes the request (its START message); a request
+                # still queued is left for the restarted worker
+                wid = item.worker_id
+                if wid is not None and generations()[wid] != before[wid]:
+                    raise ApiError(503, "worker_restarting", "the inference worker serving this request stopped "
+                                   "and is being restarted: retry", headers={"Retry-After": str(RETRY_AFTER_S)}) \
+                        from None
+        response, status = item.response
+    finally:
+        handler.server.response_buffer.pop(uid, None)  # a late reply for a gone uid is dropped by LitServe
+    if status == LitAPIStatus.ERROR:
+        handler._handle_error_response(response)  # raises: HTTPException as sent by the worker, else a 500
+    return response
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request's line and headers."""
+
+    header_timeout: float = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._header_deadline)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # the next request on this keep-alive connection gets its own deadline
+            self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
+    """The protocol class to pass as uvicorn's `http=` (one subclass per timeout: uvicorn instantiates it)."""
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
 
 
 def drop_gzip(app) -> None:
@@ -114,7 +226,9 @@ class ServerOverrides:
 
         self.app.add_api_route(lit_api.api_path, endpoint, methods=["POST"], summary=lit_api.summary,
                                tags=["vqtok"], response_class=Response,
-                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}})
+                               openapi_extra={"requestBody": {"required": True, "content": lit_api.request_body}},
+                               responses={200: {"description": "OK", "content": lit_api.reply_types},
+                                          **openapi_errors(lit_api.error_statuses)})
 
     def verify_worker_status(self) -> None:
         """Wait until *every* worker has loaded every model; refuse to start if any failed."""
@@ -128,11 +242,22 @@ class ServerOverrides:
                 return
             time.sleep(0.05)
 
+    def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
+        self._sockets = list(sockets)  # the listening socket: shut at shutdown so new clients are refused at once
+        kwargs.setdefault("http", header_deadline_protocol(self.settings.header_timeout))
+        workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
+        procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
+        self.watch.start(self.worker_slots, procs, lambda reason: threading.Thread(
+            target=set_event, args=(self._shutdown_event,), daemon=True).start())
+        wait_until_ready(workers, sockets)  # then the one "ready" line (uvicorn's bind banner came too early)
+        return workers
+
     def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason: str = "normal") -> None:
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
+        self.watch.stop()
         event = getattr(self, "_shutdown_event", None)
         if event is not None:  # also stops LitServe's worker monitor (a fresh thread: its own manager connection)
             setter = threading.Thread(target=set_event, args=(event,), daemon=True)
@@ -142,6 +267,7 @@ class ServerOverrides:
         for w in procs:  # stop accepting; uvicorn lets in-flight requests finish while the workers still run
             if w.is_alive():
                 w.terminate()
+        refuse_new_connections(getattr(self, "_sockets", []))
         for w in procs:
             w.join(self.uvicorn_graceful_timeout + 5)
             if w.is_alive():
@@ -151,6 +277,58 @@ class ServerOverrides:
                 t.join(self.monitor_internal + 3)
         rest = {k: w for k, w in uvicorn_workers.items() if w not in procs}
         super()._perform_graceful_shutdown(manager, rest, "normal")
+
+
+def refuse_new_connections(sockets: list) -> None:
+    """Shut the listening socket: the multiprocessing manager inherited it and outlives the HTTP processes' copies,
+    so the kernel would keep queueing connections nobody accepts. Clients get a refusal instead of a hang."""
+    time.sleep(0.3)  # first let the HTTP processes stop their accept loops (uvicorn checks its exit flag every 0.1 s)
+    for sock in sockets:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+READY_TIMEOUT = 120.0  # seconds the HTTP processes get to listen once the workers are loaded
+
+
+def wait_until_ready(workers: dict, sockets: list) -> None:
+    """Log "ready on URL" once the port answers /health 200 (every worker is loaded by then: run() checked)."""
+    host, port = sockets[0].getsockname()[:2]
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not answers_health(probe, port):
+        if time.monotonic() > deadline or not any(w.is_alive() for w in workers.values()):
+            logger.warning("the HTTP processes do not answer %s/health after %.0f s", url, READY_TIMEOUT)
+            return
+        time.sleep(0.05)
+    logger.info("ready on %s (every worker loaded; API docs at %s/docs)", url, url)
+
+
+def answers_health(host: str, port: int) -> bool:
+    """True when GET /health on host:port answers 200 (stdlib only: this runs in the serving process)."""
+    conn = http.client.HTTPConnection(host, port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class _NoBindBanner(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Uvicorn running on")
+
+
+def hide_bind_banner() -> None:
+    """Drop the "Uvicorn running on …" line `Config.bind_socket` logs before anything listens (see _start_server)."""
+    log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _NoBindBanner) for f in log.filters):
+        log.addFilter(_NoBindBanner())
 
 
 def set_event(event) -> None:

@@ -78,13 +78,17 @@ def test_bits_per_pixel():
 
 def test_keys_and_ranges(result):
     for key in ("psnr", "ssim", "perceptual", "fd_effnet", "usage_pct", "codes_used", "perplexity", "quant_error",
-                "bpp", "n_images", "tokens", "per_image"):
+                "bpp", "n_images", "tokens", "per_image", "delta_e", "quant_error_ratio", "colour_de_mean",
+                "colour_de_worst", "colour_psnr", "mosaic_de_mean", "mosaic_psnr", "colour_set"):
         assert key in result, key
     assert result["n_images"] == 5 and len(result["per_image"]) == 5 and result["tokens"] == [16, 16]
     assert 0 < result["psnr"] < 40 and -1 <= result["ssim"] <= 1
     assert result["perceptual"] > 0 and result["fd_effnet"] > 0
     assert 0 < result["usage_pct"] <= 100 and 1 <= result["perplexity"] <= result["codes_used"] <= 64
     assert 0 <= result["quant_error"] <= 4  # unit vectors: ‖e − q‖² ≤ 4
+    assert result["quant_error_ratio"] == pytest.approx(result["quant_error"], rel=1e-5)  # cosine codes: ‖e‖² = 1
+    assert result["delta_e"] > 0 and len(result["colour_set"]) == 41
+    assert 0 < result["colour_de_mean"] <= result["colour_de_worst"] and result["mosaic_de_mean"] > 0
     assert result["bpp"] == pytest.approx(math.log2(64) * 16 * 16 / (SIZE * SIZE))
 
 
@@ -107,6 +111,24 @@ def test_psnr_matches_decode(model, result):
     real = ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
     want = np.mean([peak_signal_noise_ratio(a, b, data_range=255) for a, b in zip(real.numpy(), recon.numpy())])
     assert result["psnr"] == pytest.approx(want, rel=1e-6)
+
+
+def test_colour_set_matches_decode(model, result):
+    from vqtok.tokenizer.colour import COLOUR_SET, flat_image, mean_delta_e
+
+    des = {}
+    for name in ("pure red", "green 200/10", "grey 128"):
+        real = flat_image(COLOUR_SET[name], SIZE)
+        x = to_model_range(torch.from_numpy(real[None]))
+        rec = ((model.decode(model.encode(x)).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        des[name] = mean_delta_e(real, rec[0].numpy())
+    rows = {r["name"]: r for r in result["colour_set"]}
+    for name, de in des.items():
+        assert rows[name]["delta_e"] == pytest.approx(de, rel=1e-4)
+    assert result["colour_de_worst"] == max(r["delta_e"] for r in rows.values())
+    assert result["colour_de_mean"] == pytest.approx(np.mean([r["delta_e"] for r in rows.values()]))
+    per = [m["delta_e"] for m in result["per_image"]]
+    assert result["delta_e"] == pytest.approx(np.mean(per)) and all(d > 0 for d in per)
 
 
 def test_cli_writes_json_md_png_on_manifest_split(model, tmp_path):

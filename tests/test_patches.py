@@ -170,3 +170,10 @@ def test_an_idle_blocking_loop_costs_no_cpu():
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     assert [uid for _, uid, _ in batch] == ["late"] and wall >= 0.9
     assert cpu < 0.1 * wall, f"{cpu:.3f} s of CPU while waiting {wall:.2f} s for a request"
+
+
+def test_header_deadline_protocol_is_a_subclass_per_timeout():
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    a, b = patches.header_deadline_protocol(1.5), patches.header_deadline_protocol(3.0)
+    assert issubclass(a, HttpToolsProtocol) and (a.header_timeout, b.header_timeout) == (1.5, 3.0)

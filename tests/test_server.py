@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _serving import PHOTOS, REPO, TINY, local_tokenizer, models_dir, png, psnr
+from _hostile import ERRORS, GOOD, MAX_PIXELS
+from _serving import PHOTOS, REPO, local_tokenizer, models_dir, png, psnr
 
 pytest.importorskip("litserve")
 KEY = "test-key-123"
-MAX_PIXELS = 200_000  # above every fixture photo (≤ 433×288), below a 500×500 image
 
 
 @pytest.fixture(scope="module")
@@ -193,59 +193,6 @@ def test_reconstruct_native_crops_back(client):
     assert r.status_code == 200 and (r.json()["width"], r.json()["height"]) == (70, 50)
 
 
-def _bomb() -> bytes:
-    """A PNG header claiming 100 Mpx (no pixel data): must be refused before anything is decoded."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", 10_000, 10_000, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-
-
-GOOD = base64.b64encode(PHOTOS[0].read_bytes()).decode()
-ERRORS = [
-    ("encode", dict(content=b'{"image": ', headers={"Content-Type": "application/json"}), 400, "invalid_json"),
-    ("encode", dict(json=[GOOD]), 400, "invalid_json"),
-    ("encode", dict(json={"image": "not base64!"}), 400, "invalid_base64"),
-    ("encode", dict(json={}), 400, "bad_request"),
-    ("encode", dict(content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=x"}), 400,
-     "invalid_multipart"),
-    ("encode", dict(content=b"abc", headers={"Content-Type": "multipart/form-data"}), 400, "invalid_multipart"),
-    ("encode", dict(json={"image": GOOD, "policy": "stretch"}), 400, "invalid_parameter"),
-    ("encode", dict(json={"image": GOOD, "format": "xml"}), 400, "invalid_parameter"),
-    ("encode", dict(json={"image": GOOD, "model": "nope"}), 404, "model_not_found"),
-    ("encode", dict(json={"image": GOOD, "model": "../tiny-a"}), 404, "model_not_found"),
-    ("encode", dict(json={"image": GOOD, "model": str(TINY)}), 404, "model_not_found"),
-    ("encode", dict(content=b"\0" * (1024 * 1024 + 1), headers={"Content-Type": "image/png"}), 413,
-     "payload_too_large"),
-    ("encode", dict(content=png(np.zeros((500, 500, 3), np.uint8)), headers={"Content-Type": "image/png"}), 413,
-     "image_too_large"),
-    ("encode", dict(content=_bomb(), headers={"Content-Type": "image/png"}), 413, "image_too_large"),
-    ("reconstruct", dict(files={"image": ("x.png", png(np.zeros((260, 300, 3), np.uint8)), "image/png")},
-                         data={"policy": "native"}), 413, "image_too_large"),
-    ("encode", dict(content=b"GIF89a but not really", headers={"Content-Type": "image/gif"}), 415,
-     "unsupported_image"),
-    ("reconstruct", dict(json={"image": base64.b64encode(b"hello").decode()}), 415, "unsupported_image"),
-    ("encode", dict(content=b"hello", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
-    ("decode", dict(json={"codes": [[1.0, 2.0], [3.0, 4.0]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [[1, 2], [3, 64]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [[1, -1], [3, 4]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [[1, 2], [3]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [[True, False]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [["1", "2"]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [[2**70, 1]]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": []}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [1, 2, 3], "shape": [2, 2]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": [1, 2, 3, 4], "shape": [2, -2]}), 422, "invalid_codes"),
-    ("decode", dict(json={"codes": np.zeros((65, 65), int).tolist()}), 422, "invalid_codes"),  # 260 px > max_side
-    ("decode", dict(json={"codes": [[1, 2]], "codebook_sha256": "0" * 64}), 422, "codebook_mismatch"),
-    ("decode", dict(content=b"\x93NUMPY garbage", headers={"Content-Type": "application/x-npy"}), 400,
-     "invalid_npy"),
-    ("decode", dict(json={"codes": [[1, 2]], "model": "nope"}), 404, "model_not_found"),
-]
-
-
 @pytest.mark.parametrize("endpoint,request_kw,status,code", ERRORS,
                          ids=[f"{e[0]}-{e[2]}-{e[3]}-{i}" for i, e in enumerate(ERRORS)])
 def test_bad_input_gets_the_right_json_error(client, endpoint, request_kw, status, code):
@@ -294,6 +241,19 @@ def test_api_key_on_every_route_but_health(client, headers, status):
             assert r.json()["error"]["code"] == "unauthorized"
     r = client.post("/v1/encode", json={"image": GOOD}, headers={"X-API-Key": "wrong"})
     assert r.status_code == 401
+
+
+def test_docs_are_served_offline_and_titled_vqtok(client):
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and "<title>vqtok API</title>" in r.text, r.text[:500]
+    refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", r.text) + re.findall(r"url: *'([^']+)'", r.text)
+    assert refs and "http" not in r.text and not [u for u in refs if u.startswith("//")], refs  # no CDN
+    for url in refs:
+        asset = client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+    assert client.get("/openapi.json").json()["info"]["title"] == "vqtok"
 
 
 def test_unknown_route_and_method_are_json(client):
@@ -450,3 +410,46 @@ from vqtok.server import Client, build_server
 assert "torch" not in sys.modules
 """
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_openapi_documents_reply_types_errors_and_probes(client):
+    spec = client.get("/openapi.json").json()
+    for endpoint, types in (("encode", {"application/json", "application/x-npy"}),
+                            ("decode", {"image/png", "application/json"}),
+                            ("reconstruct", {"image/png", "application/json"})):
+        responses = spec["paths"][f"/v1/{endpoint}"]["post"]["responses"]
+        assert set(responses["200"]["content"]) == types
+        for status in ("400", "401", "404", "408", "413", "415", "503", "504"):
+            assert set(responses[status]["content"]) == {"application/json"}, (endpoint, status)
+    assert "422" in spec["paths"]["/v1/decode"]["post"]["responses"]
+    assert {"/health/live", "/health/ready"} <= set(spec["paths"])
+    for path in ("/health", "/health/live", "/health/ready"):
+        assert client.head(path, headers={"X-API-Key": ""}).status_code == 200
+
+
+def test_large_requests_are_admitted_a_few_at_a_time_small_ones_pass(tmp_path):
+    """Head-of-line guard (apis.TokenizerAPI.admission): with one large slot, a second large request waits at the
+    edge (504 at the deadline), while a small one passes at once."""
+    import asyncio
+
+    from vqtok.server.apis import DecodeAPI
+    from vqtok.server.edge import Limits
+    from vqtok.server.errors import ApiError
+    from vqtok.server.registry import Registry
+
+    api = DecodeAPI(Registry.scan(models_dir(tmp_path)), Limits(2**20, 10**6, large_slots=1))
+    large = {"model": "tiny-a", "codes": np.zeros((32, 32), np.int32)}  # 128² > S² = 64²
+    small = {"model": "tiny-a", "codes": np.zeros((16, 16), np.int32)}  # 64²: not large
+
+    async def scenario():
+        async with api.admission(large, 5.0):
+            async with api.admission(small, 0.2):
+                pass  # passes while the large slot is taken
+            with pytest.raises(ApiError) as err:
+                async with api.admission(large, 0.2):
+                    pass
+            assert err.value.status_code == 504
+        async with api.admission(large, 0.2):  # released: admitted again
+            pass
+
+    asyncio.run(scenario())

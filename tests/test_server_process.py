@@ -162,6 +162,21 @@ def test_serve_without_arguments_uses_the_shipped_default(tmp_path):
     assert "Traceback" not in srv.log_text()
 
 
+def test_the_ready_line_comes_when_the_port_answers(tmp_path):
+    """uvicorn's "Uvicorn running on" came seconds before anything listened; the one ready line means /health 200."""
+    srv = LiveServer(["--models-dir", str(models_dir(tmp_path)), "--threads", "1"], log=tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 900
+        while "ready on http://" not in srv.log_text():
+            assert srv.proc.poll() is None and time.monotonic() < deadline, srv.log_text()[-3000:]
+            time.sleep(0.02)
+        assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+        assert f"ready on {srv.url} " in srv.log_text()
+        assert "Uvicorn running on" not in srv.log_text(), srv.log_text()
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--models-dir", "{empty}"], "no servable models"),
     (["--models-dir", "{models}", "--model", "nope"], "--model nope not found"),

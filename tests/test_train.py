@@ -283,3 +283,43 @@ def test_cli_set_overrides():
     assert cfg.steps == 7 and cfg.disc_start == 5 and cfg.recon == "l2" and cfg.progress is False
     assert cfg.model == {"gradient": "ste", "codebook_size": 64}
     assert cfg.data == "d" and cfg.out == "o"
+
+
+def test_colour_jitter_rotates_hue_scales_saturation_keeps_greys():
+    from vqtok.tokenizer.data import jitter_colour
+
+    a = np.array([[[10, 200, 10], [128, 128, 128], [200, 10, 10], [10, 10, 200]]], np.uint8)
+    assert np.array_equal(jitter_colour(a, 0, 1.0), a)
+    third = jitter_colour(a, 256 / 3, 1.0)  # a third of a turn: red → green → blue → red
+    assert np.abs(third.astype(int) - a[:, [3, 1, 0, 2]]).max() <= 2
+    assert np.array_equal(third[0, 1], a[0, 1])  # grey has no hue
+    desat = jitter_colour(a, 0, 0.0)
+    assert (desat.max(-1) - desat.min(-1)).max() <= 1 and np.array_equal(desat.max(-1), a.max(-1))  # value kept
+    more = jitter_colour(np.array([[[150, 100, 100]]], np.uint8), 0, 2.0)
+    assert more[0, 0, 0] == 150 and more[0, 0, 1] < 100  # saturation up, value kept
+
+
+def test_crop_dataset_colour_jitter(photos):
+    plain, jit = CropDataset(photos[:1], crop=32), CropDataset(photos[:1], crop=32, hue=1.0, saturation=(0.5, 1.5))
+    off = CropDataset(photos[:1], crop=32, hue=0.0, saturation=(1.0, 1.0))
+    assert torch.equal(plain[(0, 7)], off[(0, 7)])  # off: the same samples as before the option existed
+    assert torch.equal(jit[(0, 7)], jit[(0, 7)])  # a function of the sample seed
+    assert sum(not torch.equal(plain[(0, s)], jit[(0, s)]) for s in range(8)) >= 7
+
+
+def test_init_fine_tunes_from_a_model(tmp_path, tiny_config):
+    from vqtok.tokenizer.model import TokenizerConfig
+
+    torch.manual_seed(5)
+    src = Tokenizer(TokenizerConfig.from_dict(tiny_config))
+    src.save_pretrained(tmp_path / "src")
+    cfg = TrainConfig.from_dict({"model": tiny_config | {"gradient": "ste"}, "init": str(tmp_path / "src"),
+                                 "device": "cpu", "perceptual": "none"})
+    trainer = Trainer(cfg)
+    assert trainer.model.config.gradient == "ste"
+    for (k, a), b in zip(src.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    bad = TrainConfig.from_dict({"model": tiny_config | {"code_dim": 8}, "init": str(tmp_path / "src"),
+                                 "device": "cpu", "perceptual": "none"})
+    with pytest.raises(ValueError, match="code_dim"):
+        Trainer(bad)

@@ -1,4 +1,4 @@
-"""Training data: a folder of images or a manifest TSV → random crops with scale jitter and flips.
+"""Training data: a folder of images or a manifest TSV → random crops with scale jitter, flips and colour jitter.
 
 Order and augmentation are functions of (seed, global sample position), so a resumed run sees exactly the samples
 an uninterrupted one would, on any number of ranks and workers.
@@ -50,10 +50,17 @@ def list_images(src: str | Path, split: str | None = None) -> list[Path]:
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Item (index, sample_seed) → uint8 tensor [3, crop, crop]; None for an unreadable file (logged, skipped)."""
+    """Item (index, sample_seed) → uint8 tensor [3, crop, crop]; None for an unreadable file (logged, skipped).
 
-    def __init__(self, paths: list[Path], crop: int = 128, scale: tuple[float, float] = (1.0, 2.0), flip: bool = True):
+    Colour jitter (why: photos rarely hold saturated colours — 0.6 % of the train pixels have CIELAB chroma above
+    80 — and a tokenizer trained on them returns a flat saturated green as olive): with probability `hue` a crop's
+    hue is rotated by a uniform random angle, and its HSV saturation is scaled by U(`saturation`), clipped.
+    """
+
+    def __init__(self, paths: list[Path], crop: int = 128, scale: tuple[float, float] = (1.0, 2.0), flip: bool = True,
+                 hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0)):
         self.paths, self.crop, self.scale, self.flip = paths, crop, scale, flip
+        self.hue, self.saturation = hue, saturation
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,7 +84,21 @@ class CropDataset(torch.utils.data.Dataset):
         arr = np.array(img.crop((left, top, left + self.crop, top + self.crop)))  # writable copy
         if self.flip and rng.random() < 0.5:
             arr = arr[:, ::-1]
+        if self.hue > 0 or self.saturation != (1.0, 1.0):  # no draws when off: the samples stay as before
+            arr = jitter_colour(arr, rng.random() * 256 if rng.random() < self.hue else 0.0,
+                                rng.uniform(*self.saturation))
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def jitter_colour(rgb: np.ndarray, hue_shift: float, saturation: float) -> np.ndarray:
+    """uint8 [H, W, 3] → the same with hue rotated by `hue_shift` (of 256 steps a turn, PIL's HSV) and saturation
+    scaled by `saturation` (clipped to 255); value (max of R, G, B) is kept, so greys stay grey."""
+    if hue_shift == 0 and saturation == 1:
+        return np.ascontiguousarray(rgb)
+    hsv = np.array(Image.fromarray(np.ascontiguousarray(rgb)).convert("HSV"), dtype=np.float32)
+    hsv[..., 0] = (hsv[..., 0] + hue_shift) % 256
+    hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
+    return np.array(Image.fromarray((np.round(hsv) % 256).astype(np.uint8), "HSV").convert("RGB"))
 
 
 class ResumableSampler(torch.utils.data.Sampler):

@@ -4,8 +4,9 @@
 perceptual distance (`tokenizer.perceptual.make_perceptual`), `fd_effnet` (Fréchet distance between real and
 reconstructed pooled EfficientNet-Lite0 features; it is not FID and, with fewer images than its 1280 dimensions,
 only comparable at a fixed image set), codebook usage and perplexity over the whole set, mean quantisation error
-‖e − q‖² (as the quantizer computes it) and bits per pixel of the raw codes. `write_reports` writes JSON, Markdown
-and a PNG grid of the worst and best reconstructions by PSNR.
+‖e − q‖² (as the quantizer computes it) and its ratio to the mean ‖e‖², bits per pixel of the raw codes, mean
+CIEDE2000 ΔE of the photos, and the colour set of `tokenizer.colour` (flat images and mosaics: mean and worst ΔE,
+PSNR). `write_reports` writes JSON, Markdown and a PNG grid of the worst and best reconstructions by PSNR.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .colour import COLOUR_SET, flat_image, mean_delta_e, mosaics
 from .data import is_manifest, list_images
 from .model import Tokenizer, to_model_range, to_uint8
 from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
@@ -60,8 +62,9 @@ def bits_per_pixel(codebook_size: int, h: int, w: int, height: int, width: int) 
 
 
 @torch.no_grad()
-def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² per position [B, h, w]), as the quantizer computes it."""
+def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² and ‖e‖² per position [B, h, w]), as the quantizer
+    computes them (e after the l2 normalisation of cosine codebooks, where ‖e‖² = 1)."""
     z = model.quant_proj(model.encoder(x))
     b, d, h, w = z.shape
     e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
@@ -69,7 +72,30 @@ def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, 
         e = F.normalize(e, dim=-1, eps=1e-6)
     codes = model.quantizer.nearest(e)
     err = (e - model.quantizer.lookup_table()[codes]).pow(2).sum(-1)
-    return codes.view(b, h, w), err.view(b, h, w)
+    return codes.view(b, h, w), err.view(b, h, w), e.pow(2).sum(-1).view(b, h, w)
+
+
+@torch.no_grad()
+def colour_set_metrics(model: Tokenizer, size: int = 256, batch_size: int = 8) -> dict:
+    """Mean and worst CIEDE2000 ΔE and mean PSNR over the flat colour-set images, and over the mosaics."""
+    dev = next(model.parameters()).device
+    names = list(COLOUR_SET)
+    images = [flat_image(COLOUR_SET[n], size) for n in names] + mosaics(size)
+    recons = []
+    for i in range(0, len(images), batch_size):
+        x = to_model_range(torch.from_numpy(np.stack(images[i:i + batch_size]))).to(dev)
+        recons += list(to_uint8(model.decode(model.encode(x))).cpu().numpy())
+    de = [mean_delta_e(a, b) for a, b in zip(images, recons)]
+    ps = [psnr(a, b) for a, b in zip(images, recons)]
+    flat_de, flat_ps, n = de[:len(names)], ps[:len(names)], len(names)
+    worst = int(np.argmax(flat_de))
+    return {
+        "colour_de_mean": float(np.mean(flat_de)), "colour_de_worst": flat_de[worst],
+        "colour_de_worst_name": names[worst], "colour_psnr": float(np.mean(flat_ps)),
+        "mosaic_de_mean": float(np.mean(de[n:])), "mosaic_psnr": float(np.mean(ps[n:])),
+        "colour_set": [{"name": k, "rgb": list(COLOUR_SET[k]), "recon_rgb": [round(float(c), 1) for c in r.mean((0, 1))],
+                        "delta_e": d, "psnr": p} for k, r, d, p in zip(names, recons, flat_de, flat_ps)],
+    }
 
 
 def _keep_extremes(kept: list, n: int) -> list:
@@ -112,7 +138,7 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
     fd_net = fd_net.to(dev)
 
     counts = torch.zeros(cfg.codebook_size, dtype=torch.long)
-    err_sum, n_pos = 0.0, 0
+    err_sum, norm_sum, n_pos = 0.0, 0.0, 0
     per_image, p_dists, feats_real, feats_rec, kept = [], [], [], [], []
     bar = None
     if progress:
@@ -123,24 +149,26 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
         chunk = paths[i:i + batch_size]
         real_u8 = torch.from_numpy(np.stack([prepare(p, "resize", size, f)[0] for p in chunk]))  # [B, H, W, 3]
         x = to_model_range(real_u8).to(dev)
-        codes, err = encode_with_error(model, x)
+        codes, err, norm = encode_with_error(model, x)
         recon = model.decode(codes)
         rec_u8 = to_uint8(recon).cpu()
         counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
         err_sum, n_pos = err_sum + float(err.double().sum()), n_pos + err.numel()
+        norm_sum += float(norm.double().sum())
         recon_q = to_model_range(rec_u8).to(dev)  # score what a user sees: the rounded uint8 reconstruction
         if pdist is not None:
             p_dists += pdist(recon_q, x).flatten().cpu().tolist()
         feats_real.append(fd_net.pooled(x).cpu().numpy())
         feats_rec.append(fd_net.pooled(recon_q).cpu().numpy())
         for p, a, b in zip(chunk, real_u8.numpy(), rec_u8.numpy()):
-            m = {"file": str(p), "psnr": psnr(a, b), "ssim": ssim(a, b)}
+            m = {"file": str(p), "psnr": psnr(a, b), "ssim": ssim(a, b), "delta_e": mean_delta_e(a, b)}
             per_image.append(m)
             kept = _keep_extremes(kept + [(m["psnr"], len(per_image) - 1, a, b)], grid_n)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    colour = colour_set_metrics(model, size, batch_size)
     model.train(was_training)
 
     probs = counts.double() / counts.sum()
@@ -152,21 +180,25 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
         "factor": f, "codebook_size": cfg.codebook_size, "tokens": [h, w],
         "psnr": float(np.mean([m["psnr"] for m in per_image])),
         "ssim": float(np.mean([m["ssim"] for m in per_image])),
+        "delta_e": float(np.mean([m["delta_e"] for m in per_image])),
         "perceptual": float(np.mean(p_dists)) if p_dists else None, "perceptual_kind": kind,
         "fd_effnet": frechet_distance(np.concatenate(feats_real), np.concatenate(feats_rec)),
         "codes_used": int((counts > 0).sum()),
         "usage_pct": 100.0 * int((counts > 0).sum()) / cfg.codebook_size,
         "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
         "quant_error": err_sum / n_pos,
+        "quant_error_ratio": err_sum / norm_sum,  # ‖e − q‖² relative to ‖e‖² (the study's scale-free measure)
         "bpp": bits_per_pixel(cfg.codebook_size, h, w, size, size),
+        **colour,
         "seconds": time.time() - t0,
         "per_image": per_image,
         "_extremes": kept,
     }
 
 
-SUMMARY_KEYS = ("psnr", "ssim", "perceptual", "fd_effnet", "usage_pct", "codes_used", "perplexity", "quant_error",
-                "bpp")
+SUMMARY_KEYS = ("psnr", "ssim", "delta_e", "perceptual", "fd_effnet", "usage_pct", "codes_used", "perplexity",
+                "quant_error", "quant_error_ratio", "bpp", "colour_de_mean", "colour_de_worst", "colour_de_worst_name",
+                "colour_psnr", "mosaic_de_mean", "mosaic_psnr")
 
 
 def markdown_table(result: dict) -> str:

@@ -130,6 +130,13 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
             raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
         scale = size / min(sw, sh)
         nw, nh = max(size, round(sw * scale)), max(size, round(sh * scale))
+        # The source limit must hold for the scaled copy too: a 96-byte 4000×1 PNG scaled to a 256-pixel shorter
+        # side is 1,024,000×256 (~0.8 GB) before the crop.
+        limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+        if limit is not None and nw * nh > max(limit, size * size):
+            raise ImageTooLarge(f"a {sw}×{sh} image scaled to a {size}-pixel shorter side would be {nw}×{nh} = "
+                                f"{nw * nh} pixels, over the limit of {limit}: its aspect ratio is too extreme for "
+                                f"policy 'resize'; crop it closer to square first")
         if (nw, nh) != (sw, sh):
             img = img.resize((nw, nh), Image.Resampling.BICUBIC)
         left, top = (nw - size) // 2, (nh - size) // 2

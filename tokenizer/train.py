@@ -40,6 +40,9 @@ class TrainConfig:
     crop: int = 128
     scale: tuple[float, float] = (1.0, 2.0)  # shorter side = crop × U(scale) before the random crop
     flip: bool = True
+    hue: float = 0.0                    # probability of a random hue rotation per crop (data.CropDataset)
+    saturation: tuple[float, float] = (1.0, 1.0)  # HSV saturation scaled by U(lo, hi)
+    init: str | None = None             # fine-tune: start from this model folder or id (same architecture)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 1e-4
@@ -71,7 +74,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
-        for key in ("scale", "betas"):
+        for key in ("scale", "betas", "saturation"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -124,6 +127,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # same init on every rank and for both arms of a matched pair
         self.model = Tokenizer(TokenizerConfig.from_dict(cfg.model)).to(self.device)
+        if cfg.init:
+            self._init_from(cfg.init)
         self.disc = PatchDiscriminator().to(self.device)
         self.perceptual = make_perceptual(cfg.perceptual).to(self.device) if cfg.perceptual != "none" else None
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
@@ -137,6 +142,18 @@ class Trainer:
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _init_from(self, path_or_id: str) -> None:
+        """Start from a trained model's weights (fine-tuning); the architecture must match, quantizer options (the
+        gradient, commitment weight) come from `cfg.model`."""
+        src = Tokenizer.from_pretrained(path_or_id)
+        mine, theirs = self.model.config.to_dict(), src.config.to_dict()
+        arch = ("base_channels", "channel_mult", "num_res_blocks", "attn_lowest", "latent_channels", "codebook_size",
+                "code_dim", "image_channels")
+        diff = [k for k in arch if mine[k] != theirs[k]]
+        if diff:
+            raise ValueError(f"init={path_or_id}: architecture differs in {diff}; set model options to match it")
+        self.model.load_state_dict(src.state_dict())
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -223,7 +240,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         paths = list_images(cfg.data, cfg.split)
-        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip)
+        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip, cfg.hue, cfg.saturation)
         sampler = ResumableSampler(len(dataset), cfg.seed, self.step * cfg.batch_size * self.world, self.rank, self.world)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                                              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 HELP = "Serve the tokenizer over REST: /v1/encode, /v1/decode, /v1/reconstruct, /v1/models, /health, /metrics."
 
@@ -38,10 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
     p.add_argument("--max-items", type=int, default=64, help="images or code grids in one multi-item request "
                    "(default 64)")
-    p.add_argument("--api-key", help="require this key (X-API-Key or Bearer) on every route but /health "
-                   "(default: $VQTOK_API_KEY; none: no auth)")
+    p.add_argument("--api-key-file", metavar="PATH", help="require the key in this file (X-API-Key or Bearer) on "
+                   "every route but /health* (default: $VQTOK_API_KEY; neither: no auth). Never on the command line: "
+                   "`ps` shows every argument")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with a message saying what to do instead
     p.add_argument("--api-servers", type=int, help="HTTP processes (default: workers × devices)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait for a worker")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds from a parsed request to its reply, queue and inference (then 504; default 60)")
+    p.add_argument("--large-slots", type=int, default=1, help="requests larger than the model's S×S (native "
+                   "images, big code grids) queued at once per endpoint and HTTP process; more wait at the edge, so "
+                   "small requests are not stuck behind many large ones (default 1)")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a request body may take to arrive (then 408; default 30)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds for a request's line and headers (slow clients are disconnected; default 10)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -52,12 +63,22 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.pop("VQTOK_METRICS_DIR", None)  # a fresh metrics directory for this server
     for name, value in (("--workers", args.workers), ("--max-batch-size", args.max_batch_size),
-                        ("--ort-batch", args.ort_batch),
+                        ("--ort-batch", args.ort_batch), ("--large-slots", args.large_slots),
                         ("--max-pixels", args.max_pixels)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     if args.batch_timeout < 0 or args.max_body_mb <= 0 or args.max_items < 1:
         raise ValueError("--batch-timeout must be ≥ 0, --max-body-mb > 0 and --max-items ≥ 1")
+    if min(args.timeout, args.read_timeout, args.header_timeout) <= 0:
+        raise ValueError("--timeout, --read-timeout and --header-timeout must be > 0")
+    if args.api_key is not None:
+        raise ValueError("--api-key is not accepted: every user of this machine can read command lines (ps). Put "
+                         "the key in $VQTOK_API_KEY or in a file passed with --api-key-file")
+    api_key = None
+    if args.api_key_file:
+        api_key = Path(args.api_key_file).read_text().strip()
+        if not api_key:
+            raise ValueError(f"--api-key-file {args.api_key_file}: the file is empty")
     import logging
 
     from vqtok.server.app import Settings, build_server, serve
@@ -66,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(device=args.device, workers=args.workers, max_batch_size=args.max_batch_size,
                         batch_timeout=args.batch_timeout, max_pixels=args.max_pixels, max_body_mb=args.max_body_mb,
                         max_items=args.max_items,
-                        api_key=args.api_key, threads=args.threads, timeout=args.timeout,
+                        api_key=api_key, threads=args.threads, timeout=args.timeout,
+                        read_timeout=args.read_timeout, header_timeout=args.header_timeout,
+                        large_slots=args.large_slots,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
                         fast_queue=args.fast_queue, polling_loop=args.polling_loop,
                         png_in_worker=args.png_in_worker)

@@ -1,0 +1,31 @@
+"""bench.plot_runs (training curves PNG) and bench.colour_ab (colour A/B scoring) on tiny inputs."""
+from __future__ import annotations
+
+import json
+
+import torch
+from PIL import Image
+
+from bench import colour_ab, plot_runs
+from vqtok.tokenizer.model import Tokenizer, TokenizerConfig
+
+
+def test_plot_runs_writes_a_png(tmp_path):
+    for name, k in (("rot", 1.0), ("ste", 2.0)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "rec": k / s, "usage": 0.5, "quant_error": 0.1 * k} for s in range(1, 6)]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    runs = {n: plot_runs.load(tmp_path / n) for n in ("rot", "ste")}
+    out = plot_runs.plot(runs, ("rec", "usage", "quant_error", "perplexity"), tmp_path / "c.png", "t")
+    w, h = Image.open(out).size
+    assert w > 400 and h > 300
+
+
+def test_colour_ab_bottleneck_on_a_tiny_model(tmp_path):
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(base_channels=8, channel_mult=(1, 2), latent_channels=8, codebook_size=32, code_dim=4,
+                          image_size=32, model_id="tiny-colour")
+    Tokenizer(cfg).save_pretrained(tmp_path / "m")
+    torch.set_num_threads(1)
+    res = colour_ab.bottleneck(str(tmp_path / "m"), size=16)
+    assert len(res["colours"]) == 41 and res["mean_codes"] > 0 and res["mean_unquantised"] > 0
