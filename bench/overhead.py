@@ -66,9 +66,9 @@ def _stat(pid: int) -> list[str]:
 
 
 def roles(server: Server) -> dict[int, str]:
-    """Role of each server process. `vqtok serve` forks its manager (and ZeroMQ broker) before it spawns the
-    inference workers (named vq-<endpoint>) and forks the HTTP processes after them; the anchor's uvicorn children
-    all serve HTTP."""
+    """Role of each server process: by name (vq-<endpoint> workers, vq-http, vq-manager), else by start order
+    (`vqtok serve` forks its manager and ZeroMQ broker before it spawns the inference workers, the HTTP processes
+    after them); the anchor's uvicorn children all serve HTTP."""
     out, kids = {server.proc.pid: "main"}, {}
     for pid in server.pids():
         try:
@@ -79,10 +79,12 @@ def roles(server: Server) -> dict[int, str]:
             continue
     if isinstance(server, AnchorServer):
         return out | {pid: "http" for pid in kids}
-    first_worker = min((s for c, _, s in kids.values() if c.startswith("vq-")), default=0)
+    workers = {"vq-encode", "vq-decode", "vq-reconstruct"}
+    named = {"vq-http": "http", "vq-manager": "queue"}  # server.guards names these (since 2026-12-01)
+    first_worker = min((s for c, _, s in kids.values() if c in workers), default=0)
     for pid, (comm, cmd, start) in kids.items():
-        out[pid] = ("worker" if comm.startswith("vq-") else "other" if b"resource_tracker" in cmd
-                    else "queue" if start <= first_worker else "http")
+        out[pid] = ("worker" if comm in workers else named[comm] if comm in named
+                    else "other" if b"resource_tracker" in cmd else "queue" if start <= first_worker else "http")
     return out
 
 

@@ -415,8 +415,8 @@ assert "torch" not in sys.modules
 def test_openapi_documents_reply_types_errors_and_probes(client):
     spec = client.get("/openapi.json").json()
     for endpoint, types in (("encode", {"application/json", "application/x-npy"}),
-                            ("decode", {"image/png", "application/json"}),
-                            ("reconstruct", {"image/png", "application/json"})):
+                            ("decode", {"image/png", "application/json", "application/x-npy"}),
+                            ("reconstruct", {"image/png", "application/json", "application/x-npy"})):
         responses = spec["paths"][f"/v1/{endpoint}"]["post"]["responses"]
         assert set(responses["200"]["content"]) == types
         for status in ("400", "401", "404", "408", "413", "415", "503", "504"):
