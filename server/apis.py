@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from vqtok.tokenizer.preprocess import POLICIES
 
-from . import metrics
+from . import metrics, telemetry
 from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
                    text_field)
 from .errors import ApiError, bad_request, error_response
@@ -204,7 +204,9 @@ class TokenizerAPI(ls.LitAPI):
         """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
         batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
         release = self.outlier(mid, batch.shape[1] * batch.shape[2])
-        return np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+        codes = np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
+        telemetry.record(metrics.get().path, mid, codes, tok.codebook_size)
+        return codes
 
     def outlier(self, mid: str, pixels: int) -> bool:
         """Images larger than the model's S×S (policy 'native', big code grids) make ONNX Runtime grow its arena to
@@ -268,6 +270,8 @@ class TokenizerAPI(ls.LitAPI):
         policy = text_field(body.fields, "policy", "resize", POLICIES)
         fmt = text_field(body.fields, "format", formats[0], formats)
         payload = {"model": entry.id, "policy": policy, "format": fmt}
+        # input=png: the JSON reply also carries the preprocessed image, as the model saw it (the web page shows it)
+        payload["input"] = text_field(body.fields, "input", "none", ("none", "png")) == "png"
         blobs = image_items(body, self.limits)
         if blobs is None:
             arr, valid = await asyncio.to_thread(prepare_image, image_bytes(body), entry, policy, self.limits)
@@ -285,13 +289,15 @@ _IMAGE_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary", "description": "repeat the part for several images"},
         "model": {"type": "string"},
-        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
+        "input": {"type": "string", "enum": ["none", "png"]}}}},
     "application/json": {"schema": {"type": "object", "properties": {
         "image": {"type": "string", "description": "base64 image bytes"},
         "images": {"type": "array", "items": {"type": "string"}, "description": "several base64 images: the reply "
                    "is {\"results\": [...]}, one entry per image in order (at most --max-items)"},
         "model": {"type": "string"},
-        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"}}}},
+        "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
+        "input": {"type": "string", "enum": ["none", "png"]}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }
 
@@ -323,9 +329,13 @@ class EncodeAPI(TokenizerAPI):
 
     def entry(self, mid: str, item: dict, grid: np.ndarray) -> dict:
         e = self.registry.models[mid]
-        return {"model": mid, "codebook_size": e.codebook_size, "codebook_sha256": e.codebook_sha256,
-                "factor": e.factor, "policy": item["policy"], "input_size": list(item["valid"]),
-                "shape": list(grid.shape), "codes": grid.tolist()}
+        out = {"model": mid, "codebook_size": e.codebook_size, "codebook_sha256": e.codebook_sha256,
+               "factor": e.factor, "policy": item["policy"], "input_size": list(item["valid"]),
+               "shape": list(grid.shape), "codes": grid.tolist()}
+        if item.get("input"):
+            vh, vw = item["valid"]
+            out["input_png"] = base64.b64encode(png_bytes(item["image"][:vh, :vw])).decode("ascii")
+        return out
 
     def reply(self, mid: str, item: dict, grid: np.ndarray) -> dict:
         h, w = grid.shape

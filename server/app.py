@@ -1,7 +1,8 @@
 """The vqtok tokenizer server: one LitServer with three batched LitAPIs plus GET routes.
 
-Routes: POST /v1/encode, /v1/decode, /v1/reconstruct (dynamic batching across requests); GET /v1/models,
-/metrics (Prometheus), /health (LitServe: 200 once every worker has loaded every model), /info, /docs.
+Routes: POST /v1/encode, /v1/decode, /v1/reconstruct (dynamic batching across requests); GET / (the web page,
+page.py), /v1/models, /v1/models/{id}/usage (token telemetry, telemetry.py), /metrics (Prometheus), /health
+(LitServe: 200 once every worker has loaded every model), /info, /docs.
 
 What this adds to LitServe 0.2.19 (pinned):
 - requests are parsed and validated at the edge (`TokenizerAPI.parse`, in the HTTP process) before they are queued;
@@ -15,7 +16,9 @@ What this adds to LitServe 0.2.19 (pinned):
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -25,18 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import litserve as ls
-from fastapi import Response
+from fastapi import Request, Response
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 
 from vqtok import __version__
 
-from . import metrics, patches
+from . import metrics, page, patches, telemetry
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .docs import install_docs
 from .edge import MAX_ITEMS, Limits
-from .errors import install_error_handlers
+from .errors import ApiError, install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
 from .registry import Registry
 
@@ -67,6 +70,7 @@ class Settings:
     large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
     header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
+    telemetry_window: float = 300.0  # seconds of codes the token telemetry (/metrics, /v1/models/{id}/usage) covers
 
     @property
     def limits(self) -> Limits:
@@ -117,6 +121,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             settings = dataclasses.replace(settings, workers=default_workers(settings.device))
         self.registry, self.settings = registry, settings
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
+        self.telemetry = telemetry.Telemetry(registry, metrics.get().path, settings.telemetry_window)
         threads = threads_per_worker(settings, devices)
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
                     settings.ort_batch, settings.polling_loop, settings.png_in_worker) for cls in API_CLASSES]
@@ -135,7 +140,11 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
         install_docs(self.app, "vqtok", __version__)
+        page.install(self.app)
         self.app.add_api_route("/v1/models", self._models_route, methods=["GET"], summary="Served models",
+                               tags=["vqtok"])
+        self.app.add_api_route("/v1/models/{model_id}/usage", self._usage_route, methods=["GET"],
+                               summary="A model's code histogram over the telemetry window (and all time)",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"])
@@ -153,8 +162,16 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
     async def _models_route(self) -> dict:
         return self.registry.describe()
 
+    async def _usage_route(self, model_id: str, request: Request) -> Response:
+        if model_id not in self.registry.models:
+            raise ApiError(404, "model_not_found", f"unknown model {model_id[:80]!r}; served models: "
+                           f"{', '.join(self.registry.models)} (GET /v1/models)")
+        request.state.vqtok_model = model_id
+        usage = await asyncio.to_thread(self.telemetry.usage, model_id)
+        return Response(json.dumps(usage), media_type="application/json")
+
     async def _metrics_route(self) -> Response:
-        body, content_type = metrics.render()
+        body, content_type = metrics.render(self.telemetry)
         return Response(body, media_type=content_type)
 
     async def _live_route(self) -> Response:

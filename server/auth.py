@@ -1,4 +1,5 @@
-"""API-key check for every route except the health probes: `X-API-Key: KEY` or `Authorization: Bearer KEY`.
+"""API-key check for every route except the health probes and the web page `/` (static, no data; the API calls it
+makes carry the key): `X-API-Key: KEY` or `Authorization: Bearer KEY`.
 
 Keys are never read from query strings, and access logs drop query strings (`QueryRedactingFilter`), so a key a
 client puts in a URL by mistake does not end up in the log."""
@@ -12,7 +13,7 @@ from starlette.datastructures import Headers
 
 from .errors import error_response
 
-OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/"})
 
 
 def _digest(key: str) -> bytes:

@@ -72,12 +72,14 @@ def get() -> SimpleNamespace:
     return _metrics
 
 
-def render() -> tuple[bytes, str]:
-    """The merged samples of every process, in the Prometheus text format."""
+def render(*collectors) -> tuple[bytes, str]:
+    """The merged samples of every process, plus `collectors` (e.g. token telemetry), in the Prometheus text format."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=get().path)
+    for c in collectors:
+        registry.register(c)
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

@@ -14,6 +14,7 @@ behavioural tests there and in test_server*.py check that each override still do
 | `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `replace_index` | `GET /` answers "litserve running" (with LitServe's per-route auth dependency) | `/` is vqtok's web page (server/page.py), open like `/health` |
 | `hide_bind_banner` + `wait_until_ready` (in `_start_server`) | uvicorn logs "Uvicorn running on …" when `run()` binds the socket, seconds before any HTTP process listens (workers load first) | the banner is dropped; one "ready on …" line is logged once the port answers /health 200 |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
 | `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
@@ -82,6 +83,8 @@ UPSTREAM: dict[str, str] = {
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
     "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
+    # replace_index: __init__ → register_endpoints → _register_internal_endpoints adds GET /
+    "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
     # hide_bind_banner: run() calls Config.bind_socket, which logs the banner, before the workers load
     "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
     # drop_gzip: LitServer.__init__ appends GZipMiddleware to the middlewares
@@ -213,6 +216,13 @@ def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtoc
 def drop_gzip(app) -> None:
     """Remove the GZipMiddleware LitServer adds (before the app starts: the middleware stack is built then)."""
     app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
+
+
+def replace_index(app, endpoint, **route) -> None:
+    """Swap the GET / route LitServer registers in __init__ for `endpoint` (FastAPI matches the first route added)."""
+    app.router.routes = [r for r in app.router.routes
+                         if not (getattr(r, "path", None) == "/" and "GET" in (getattr(r, "methods", None) or ()))]
+    app.add_api_route("/", endpoint, methods=["GET"], **route)
 
 
 class ServerOverrides:

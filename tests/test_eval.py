@@ -147,6 +147,12 @@ def test_cli_writes_json_md_png_on_manifest_split(model, tmp_path):
     assert data["n_images"] == 3 and data["split"] == "val" and data["perceptual"] is None
     assert "| fd_effnet |" in (out / "eval.md").read_text()
     assert Image.open(out / "eval_grid.png").size == (2 * SIZE, 2 * SIZE)  # worst and best rows of real | recon
+    for png in ("eval_usage.png", "eval_psnr.png"):
+        assert Image.open(out / png).size == (800, 400)
+    index = (out / "index.html").read_text()
+    for ref in ('src="eval_usage.png"', 'src="eval_psnr.png"', 'src="eval_grid.png"', 'href="eval.json"'):
+        assert ref in index, ref
+    assert all(Path(m["file"]).name in index for m in data["per_image"])
 
 
 def test_bad_perceptual_says_what_to_use(model):

@@ -27,12 +27,13 @@ def test_wheel_installs_only_the_vqtok_namespace(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"vqtok"}, sorted(top)
     for module in ("vqtok/__init__.py", "vqtok/cli/__init__.py", "vqtok/tokenizer/model.py", "vqtok/export/runtime.py",
-                   "vqtok/server/app.py", "vqtok/pipeline/run.py", "vqtok/weights/vqtok-f8-k1024/encoder.onnx"):
+                   "vqtok/server/app.py", "vqtok/server/static/index.html", "vqtok/pipeline/run.py",
+                   "vqtok/weights/vqtok-f8-k1024/encoder.onnx", "vqtok/weights/vqtok-f8-k1024/code_histogram.json"):
         assert module in names, module
     # the default model's files the installed code loads, and not the optional copies (README: where models are found)
     shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("vqtok/weights/vqtok-f8-k1024/")}
     assert shipped == {"config.json", "train_config.json", "model.safetensors", "encoder.onnx", "decoder.onnx",
-                       "README.md", "parity_report.json", "parity_report.md"}, sorted(shipped)
+                       "README.md", "parity_report.json", "parity_report.md", "code_histogram.json"}, sorted(shipped)
     assert size < 30 * 2**20, f"wheel is {size / 2**20:.1f} MiB"
 
 

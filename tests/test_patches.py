@@ -67,6 +67,27 @@ def test_litserve_still_adds_gzip_and_drop_gzip_removes_it():
     assert not [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
 
 
+def test_litserve_still_registers_an_index_and_replace_index_swaps_it():
+    from fastapi.testclient import TestClient
+
+    class Echo(ls.LitAPI):
+        def setup(self, device):
+            pass
+
+        def predict(self, x):
+            return x
+
+    server = ls.LitServer(Echo(), accelerator="cpu")
+    assert TestClient(server.app).get("/").text == "litserve running"
+
+    async def index():
+        return {"page": True}
+
+    patches.replace_index(server.app, index)
+    assert [r for r in server.app.router.routes if getattr(r, "path", None) == "/"][0].endpoint is index
+    assert TestClient(server.app).get("/").json() == {"page": True}
+
+
 def test_a_zeromq_reply_reaches_its_consumer():
     t = patches.create_transport(TransportConfig(transport_type="zmq"))
     assert isinstance(t, patches.FixedZMQTransport)

@@ -75,3 +75,34 @@ def test_serving_install_has_no_torch_and_passes_the_server_tests(tmp_path):
     tests = [f"tests/{t}" for t in TESTS if t.startswith("test_")]
     r = subprocess.run([py, "-m", "pytest", "-q", *tests], env=env, cwd=suite, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+
+
+@opt_in
+def test_client_extra_alone_talks_to_a_server(tmp_path):
+    """`pip install vqtok[client]` into a fresh venv: no litserve, ONNX Runtime or torch, and `vqtok.Client` encodes
+    through a real server (run from this environment) exactly as the local runtime does."""
+    import numpy as np
+
+    from _serving import PHOTOS, LiveServer, local_tokenizer, models_dir
+
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    src.mkdir()
+    _copy(SOURCES, REPO, src)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "VQTOK_METRICS_DIR")}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", f"{src}[client]"], check=True, env=env, cwd=tmp_path)
+    missing = subprocess.run([py, "-c", "import importlib.util as u; print([m for m in ('litserve', 'onnxruntime', "
+                              "'torch', 'fastapi') if u.find_spec(m)])"], check=True, env=env, cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert missing.stdout.strip() == "[]", missing.stdout
+    models = models_dir(tmp_path)
+    with LiveServer(["--models-dir", str(models), "--threads", "1"], log=tmp_path / "serve.log") as live:
+        code = ("import sys, numpy as np, vqtok\n"
+                "with vqtok.Client(sys.argv[1]) as c:\n"
+                "    np.save(sys.argv[3], c.encode(sys.argv[2]))\n")
+        r = subprocess.run([py, "-c", code, live.url, str(PHOTOS[0]), str(tmp_path / "codes.npy")], env=env,
+                           cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+    expected = local_tokenizer(models / "tiny-a").encode(PHOTOS[0])[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"), expected)

@@ -74,6 +74,8 @@ def test_cli_train_writes_a_loadable_run_and_skips_corrupt_files(tmp_path, photo
 
     grid = Image.open(out / "grids" / "step_000002.png")
     assert grid.mode == "RGB" and grid.size[0] == 2 * 32 and grid.size[1] % 32 == 0 and grid.size[1] >= 32
+    curves = Image.open(out / "training.png")  # drawn at the final checkpoint
+    assert curves.size == (1100, 700) and len(curves.convert("RGB").getcolors(1 << 20)) > 20
 
     state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
     assert int(state["step"]) == 2
@@ -283,6 +285,23 @@ def test_cli_set_overrides():
     assert cfg.steps == 7 and cfg.disc_start == 5 and cfg.recon == "l2" and cfg.progress is False
     assert cfg.model == {"gradient": "ste", "codebook_size": 64}
     assert cfg.data == "d" and cfg.out == "o"
+
+
+def test_plot_training_draws_every_panel(tmp_path):
+    from vqtok.tokenizer.plots import plot_training
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("")
+    assert plot_training(path, tmp_path / "empty.png") is None and not (tmp_path / "empty.png").exists()
+    rows = [{"step": s, "loss": 1 / s, "rec": 0.5 / s, "perceptual": 0.1, "commit_codebook": 0.01, "g_loss": 0.0,
+             "d_loss": 0.0, "usage": min(1, s / 50), "perplexity": 2 * s, "quant_error": 1 / s, "lr": 1e-4}
+            for s in range(1, 60)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + '\n{"step": 60, "lo')  # a torn last line is skipped
+    out = plot_training(path, tmp_path / "plots" / "training.png")
+    img = np.asarray(Image.open(out).convert("RGB"))
+    colours = {(31, 119, 180), (255, 127, 14), (214, 39, 40), (44, 160, 44)}  # usage, perplexity, quant error, lr
+    present = {tuple(c) for c in img.reshape(-1, 3)}
+    assert colours <= present, colours - present
 
 
 def test_colour_jitter_rotates_hue_scales_saturation_keeps_greys():

@@ -6,7 +6,8 @@ reconstructed pooled EfficientNet-Lite0 features; it is not FID and, with fewer 
 only comparable at a fixed image set), codebook usage and perplexity over the whole set, mean quantisation error
 ‖e − q‖² (as the quantizer computes it) and its ratio to the mean ‖e‖², bits per pixel of the raw codes, mean
 CIEDE2000 ΔE of the photos, and the colour set of `tokenizer.colour` (flat images and mosaics: mean and worst ΔE,
-PSNR). `write_reports` writes JSON, Markdown and a PNG grid of the worst and best reconstructions by PSNR.
+PSNR). `write_reports` writes JSON, Markdown, a PNG grid of the worst and best reconstructions by PSNR, a codebook
+usage plot, a per-image PSNR plot and an index.html tying them together (tokenizer/plots.py).
 """
 from __future__ import annotations
 
@@ -193,6 +194,7 @@ def evaluate(model_or_path: Tokenizer | str | Path, data: str | Path, split: str
         "seconds": time.time() - t0,
         "per_image": per_image,
         "_extremes": kept,
+        "_counts": counts.numpy(),
     }
 
 
@@ -223,12 +225,20 @@ def save_grid(extremes: list, path: Path) -> None:
 
 
 def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict[str, Path]:
-    """Write `<stem>.json`, `<stem>.md` and `<stem>_grid.png` into out_dir; returns their paths."""
+    """Write `<stem>.json`, `<stem>.md`, `<stem>_grid.png`, `<stem>_usage.png`, `<stem>_psnr.png` and `index.html`
+    (`<stem>_index.html` for another stem) into out_dir; returns their paths."""
+    from .plots import plot_code_usage, plot_psnr, write_index
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "grid": out / f"{stem}_grid.png"}
+    files = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "grid": out / f"{stem}_grid.png",
+             "usage_png": out / f"{stem}_usage.png", "psnr_png": out / f"{stem}_psnr.png",
+             "index": out / ("index.html" if stem == "eval" else f"{stem}_index.html")}
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     files["json"].write_text(json.dumps(public, indent=2) + "\n")  # inf PSNR is written as Infinity
     files["md"].write_text(markdown_table(result))
     save_grid(result["_extremes"], files["grid"])
+    plot_code_usage(result["_counts"], files["usage_png"])
+    plot_psnr([m["psnr"] for m in result["per_image"]], files["psnr_png"])
+    write_index(result, files, files["index"], SUMMARY_KEYS)
     return files

@@ -104,7 +104,8 @@ def _array_to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → RGB. Transparency is composited over white; 16-bit greys as `_wide_to_uint8`, float clipped."""
+    """Any Pillow mode → RGB. Transparency is composited over white; 16-bit greys by `_wide_to_uint8`; floats
+    clipped."""
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I;16") or img.mode == "I":

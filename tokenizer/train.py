@@ -3,7 +3,8 @@
 One process, or several under torchrun (DDP; gloo on CPU, nccl on GPU). Rank 0 writes, into `out/`:
 config.json + model.safetensors (loadable by `Tokenizer.from_pretrained`), train_state.pt (optimisers, scheduler,
 step, RNG, raw weights; tensors only, loaded with weights_only=True), train_config.json, metrics.jsonl and
-grids/step_XXXXXX.png (input | reconstruction). `resume=True` continues exactly where the state left off.
+grids/step_XXXXXX.png (input | reconstruction) and training.png (loss, codebook usage and perplexity,
+quantisation error and learning-rate curves; redrawn at every checkpoint and at the end). `resume=True` continues exactly where the state left off.
 """
 from __future__ import annotations
 
@@ -184,6 +185,10 @@ class Trainer:
         tmp = self.out / "train_state.pt.tmp"
         torch.save(self.state_dict(), tmp)
         os.replace(tmp, self.out / "train_state.pt")  # a kill mid-write never leaves a torn state
+        if (self.out / "metrics.jsonl").is_file():
+            from .plots import plot_training
+
+            plot_training(self.out / "metrics.jsonl", self.out / "training.png")
 
     # -- one optimisation step -------------------------------------------------------------------------------------
     def train_step(self, batch_u8: torch.Tensor) -> dict[str, float]:

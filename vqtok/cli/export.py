@@ -1,5 +1,6 @@
 """`vqtok export MODEL`: write encoder.onnx / decoder.onnx (and optionally the fp16 pair and ORT-optimised CPU
-copies) beside the weights, and with `--verify DATA` measure parity against PyTorch into parity_report.json/.md."""
+copies) beside the weights; with `--verify DATA` measure parity against PyTorch into parity_report.json/.md; with
+`--histogram DATA` (implied by `--verify DATA`) save the reference code histogram the server's drift score uses."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write ONNX Runtime offline-optimised CPU copies (*.cpu-opt.onnx)")
     p.add_argument("--verify", metavar="DATA", help="after exporting, measure parity on a folder of images or a "
                                                     "manifest TSV (columns file, split)")
-    p.add_argument("--split", default="val", help="manifest split for --verify (default: val; 'all' for every row)")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images for --verify")
+    p.add_argument("--histogram", metavar="DATA", help="write code_histogram.json: the codes of DATA's images "
+                   "(the val split of a manifest) as the reference for the server's drift score; --verify DATA "
+                   "writes it too")
+    p.add_argument("--split", default="val", help="manifest split for --verify / --histogram (default: val; 'all' "
+                                                  "for every row)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images for --verify / --histogram")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime device for --verify")
     p.add_argument("--no-export", action="store_true", help="skip exporting; verify the graphs already there")
 
@@ -38,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
                              optimize=args.optimize)
         for p in paths:
             print(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+    split = None if args.split == "all" else args.split
+    if args.histogram or args.verify:
+        from vqtok.export.histogram import write_reference
+
+        print(f"wrote {write_reference(out, args.histogram or args.verify, split=split, limit=args.limit)}")
     if not args.verify:
         return 0
-    report = verify(src, args.verify, graphs_dir=out, split=None if args.split == "all" else args.split, limit=args.limit,
+    report = verify(src, args.verify, graphs_dir=out, split=split, limit=args.limit,
                     device=args.device)
     from vqtok.export.onnx import markdown_report
 

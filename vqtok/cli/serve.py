@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds for a request's line and headers (slow clients are disconnected; default 10)")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    p.add_argument("--telemetry-window", type=float, default=300.0, metavar="SECONDS",
+                   help="sliding window of the token telemetry in /metrics and /v1/models/ID/usage (10-3600, "
+                        "default 300)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                         large_slots=args.large_slots,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
                         fast_queue=args.fast_queue, polling_loop=args.polling_loop,
-                        png_in_worker=args.png_in_worker)
+                        png_in_worker=args.png_in_worker, telemetry_window=args.telemetry_window)
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
