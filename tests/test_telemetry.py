@@ -8,6 +8,8 @@ import json
 import math
 import multiprocessing as mp
 import re
+import shutil
+import subprocess
 
 import httpx
 import numpy as np
@@ -175,3 +177,21 @@ def test_alert_rules_and_dashboard_reference_only_served_metrics(default_server)
     assert not missing, f"alert rules / dashboard name metrics /metrics does not have: {sorted(missing)}"
     assert {n for e in exprs for n in _referenced(e)} >= {"vqtok_token_drift_js", "vqtok_token_window_dead_fraction",
                                                          "vqtok_requests_total", "vqtok_tokens_encoded_total"}
+
+
+def test_alert_rules_and_dashboard_queries_parse_with_promtool(tmp_path):
+    """PromQL syntax, checked by Prometheus's own parser where promtool is installed (Debian: prometheus)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is absent (apt-get install prometheus); the metric-name check above still runs")
+    yaml = pytest.importorskip("yaml")
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    # Grafana's variables, replaced by what Grafana would send, so that Prometheus's parser can read the queries
+    exprs = [e.replace("$__rate_interval", "5m").replace("$model", ".*") for e in exprs]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"vqtok:panel_{i}", "expr": e}
+                                                         for i, e in enumerate(exprs)]}]}
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
+    for path in (ALERTS, tmp_path / "dashboard.yml"):
+        out = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
