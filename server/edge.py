@@ -260,8 +260,9 @@ def parse_codes(body: Body, entry: ModelEntry, limits: Limits) -> np.ndarray | l
 def _is_multi(raw: Any) -> bool:
     if isinstance(raw, np.ndarray):
         return raw.ndim == 3
+    # a list of [h, w] grids: depth exactly 3 (deeper nesting is one malformed grid: a 422 for the whole request)
     return (isinstance(raw, list) and bool(raw) and isinstance(raw[0], list) and bool(raw[0])
-            and isinstance(raw[0][0], list))
+            and isinstance(raw[0][0], list) and not (raw[0][0] and isinstance(raw[0][0][0], list)))
 
 
 def _check_codebook(body: Body, entry: ModelEntry) -> None:
