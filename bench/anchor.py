@@ -35,7 +35,7 @@ _state: dict = {}
 def _model():
     if not _state:  # per uvicorn process, on first use (uvicorn imports the app before forking its workers)
         _state["entry"] = read_entry(_DIR.name, _DIR)
-        _state["tok"] = OnnxTokenizer.from_dir(_DIR, threads=int(os.environ.get("VQTOK_ANCHOR_THREADS", "1")),
+        _state["tok"] = OnnxTokenizer.from_pretrained(_DIR, threads=int(os.environ.get("VQTOK_ANCHOR_THREADS", "1")),
                                                mem_pattern=False)
     return _state["entry"], _state["tok"]
 

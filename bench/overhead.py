@@ -133,7 +133,7 @@ def run(configs: list[str], concurrency: list[int], endpoints: list[str], rounds
     from .null_model import build
 
     model = build(work / "models")
-    tok = OnnxTokenizer.from_dir(model, threads=1)
+    tok = OnnxTokenizer.from_pretrained(model, threads=1)
     _, image = test_image(tok.metadata.image_size)
     reqs = payloads(tok.metadata.image_size, tok.encode_array(image[None])[0])
     cells = [(e, c) for e in endpoints for c in concurrency]
@@ -173,7 +173,7 @@ def multi_image(model_dir: Path, items: int, rounds: int, work: Path, concurrenc
 
     from .common import bench, cores
 
-    tok = OnnxTokenizer.from_dir(model_dir, threads=cores())
+    tok = OnnxTokenizer.from_pretrained(model_dir, threads=cores())
     jpeg, image = test_image(tok.metadata.image_size)
     batch = np.ascontiguousarray(np.broadcast_to(image, (items, *image.shape)))
     files = [("image", (f"{i}.jpg", jpeg, "image/jpeg")) for i in range(items)]

@@ -18,7 +18,7 @@ def test_null_model_keeps_the_tokenizer_contract(tmp_path):
     entry = Registry.scan(tmp_path).get("null-f8-k1024")
     assert (entry.factor, entry.codebook_size, entry.image_size) == (8, 1024, 256)
 
-    tok = OnnxTokenizer.from_dir(folder, threads=1)
+    tok = OnnxTokenizer.from_pretrained(folder, threads=1)
     codes = tok.encode([PHOTOS[0].read_bytes(), PHOTOS[1].read_bytes()])
     assert codes.shape == (2, 32, 32) and codes.min() >= 0 and codes.max() < 1024
     assert len(np.unique(codes)) > 1  # it looks at the pixels
