@@ -28,7 +28,9 @@ class TokenizerConfig:
     codebook_size: int = 1024                     # K
     code_dim: int = 8                             # d: low-dim factorised lookup (LlamaGen)
     normalize_codes: bool = True                  # l2-normalised codes, cosine lookup
-    commitment_weight: float = 0.25               # β
+    commitment_weight: float = 0.25               # β, on ‖e − sg[q]‖²
+    codebook_weight: float = 1.0                  # on ‖sg[e] − q‖² (codebook_update="loss")
+    codebook_init: str = "normal"                 # "normal" | "uniform" (taming's U(−1/K, 1/K))
     codebook_update: str = "loss"                 # "loss" | "ema"
     ema_decay: float = 0.99
     gradient: str = "rotation"                    # "rotation" | "ste"
@@ -156,7 +158,8 @@ class Tokenizer(nn.Module):
         self.quant_proj = nn.Conv2d(config.latent_channels, config.code_dim, 1)   # latent → d
         self.quantizer = VectorQuantizer(
             config.codebook_size, config.code_dim, normalize=config.normalize_codes,
-            commitment_weight=config.commitment_weight, update=config.codebook_update, ema_decay=config.ema_decay,
+            commitment_weight=config.commitment_weight, codebook_weight=config.codebook_weight,
+            codebook_init=config.codebook_init, update=config.codebook_update, ema_decay=config.ema_decay,
             gradient=config.gradient, revive_dead_codes=config.revive_dead_codes,
             dead_code_threshold=config.dead_code_threshold,
         )

@@ -10,6 +10,26 @@ import torch.nn.functional as F
 
 EPS = 1e-6
 
+# Named quantizer settings, as TokenizerConfig fields (codes stay euclidean or l2 per `normalize_codes`):
+# - vqtok: this project's own: codebook ~ N(0, 1/d), loss β‖e − sg[q]‖² + ‖sg[e] − q‖² with β = 0.25.
+# - taming: taming-transformers' VectorQuantizer2 with legacy=True (the default its VQGAN configs use), which puts
+#   β on the *codebook* term: ‖e − sg[q]‖² + 0.25‖sg[e] − q‖², codebook ~ U(−1/K, 1/K).
+# - paper-vqvae: the rotation-trick paper's VQ-VAE (Table 1; cfifty/rotation_trick src/models/vq_vae.py): codebook
+#   learned by EMA with decay 0.8 (no codebook loss), commitment weight β = 1.0, no dead-code replacement.
+QUANTIZER_PRESETS: dict[str, dict] = {
+    "vqtok": dict(commitment_weight=0.25, codebook_weight=1.0, codebook_init="normal", codebook_update="loss"),
+    "taming": dict(commitment_weight=1.0, codebook_weight=0.25, codebook_init="uniform", codebook_update="loss"),
+    "paper-vqvae": dict(commitment_weight=1.0, codebook_weight=1.0, codebook_init="normal", codebook_update="ema",
+                        ema_decay=0.8),
+}
+
+
+def quantizer_preset(name: str) -> dict:
+    """The TokenizerConfig fields of a named quantizer setting (a copy)."""
+    if name not in QUANTIZER_PRESETS:
+        raise ValueError(f"unknown quantizer preset {name!r}; choose one of {sorted(QUANTIZER_PRESETS)}")
+    return dict(QUANTIZER_PRESETS[name])
+
 
 def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=EPS)
@@ -63,6 +83,8 @@ class VectorQuantizer(nn.Module):
     """Nearest-code lookup in a [K, d] codebook, optionally l2-normalised (cosine), with a choice of gradient.
 
     The codebook is learned by a codebook loss, or by EMA of assigned encoder outputs (`update="ema"`).
+    Loss: commitment_weight·‖e − sg[q]‖² + codebook_weight·‖sg[e] − q‖² (the second term only with `update="loss"`).
+    `codebook_init`: "normal" (N(0, 1/d)) or "uniform" (U(−1/K, 1/K), taming's); l2-normalised if `normalize`.
     Distance and argmin run in fp32 even under autocast so that eval-mode codes are deterministic.
     """
 
@@ -72,6 +94,8 @@ class VectorQuantizer(nn.Module):
         dim: int,
         normalize: bool = True,
         commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        codebook_init: str = "normal",
         update: str = "loss",
         ema_decay: float = 0.99,
         gradient: str = "rotation",
@@ -83,15 +107,21 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"gradient must be 'rotation' or 'ste', got {gradient!r}")
         if update not in ("loss", "ema"):
             raise ValueError(f"codebook update must be 'loss' or 'ema', got {update!r}")
+        if codebook_init not in ("normal", "uniform"):
+            raise ValueError(f"codebook_init must be 'normal' or 'uniform', got {codebook_init!r}")
         self.codebook_size, self.dim = codebook_size, dim
-        self.normalize, self.beta = normalize, commitment_weight
+        self.normalize, self.beta, self.codebook_weight = normalize, commitment_weight, codebook_weight
         self.update, self.decay = update, ema_decay
         # A rotation in 1-D is a sign flip: the trick is meaningless there, so d = 1 always uses the STE.
         self.gradient = gradient if dim > 1 else "ste"
         self.revive, self.dead_threshold = revive_dead_codes, dead_code_threshold
 
-        init = torch.randn(codebook_size, dim)
-        init = _l2norm(init) if normalize else init / dim**0.5
+        if codebook_init == "uniform":
+            init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+            init = _l2norm(init) if normalize else init
+        else:
+            init = torch.randn(codebook_size, dim)
+            init = _l2norm(init) if normalize else init / dim**0.5
         if update == "ema":
             self.register_buffer("codebook", init.clone())
             self.register_buffer("ema_count", torch.ones(codebook_size))
@@ -131,7 +161,7 @@ class VectorQuantizer(nn.Module):
         commit = F.mse_loss(e, q.detach())
         loss = self.beta * commit
         if self.update == "loss":
-            loss = loss + F.mse_loss(q, e.detach())
+            loss = loss + self.codebook_weight * F.mse_loss(q, e.detach())
         elif self.training:
             self._ema_update(e.detach(), codes)
         if self.training and self.revive:
@@ -142,6 +172,7 @@ class VectorQuantizer(nn.Module):
         with torch.no_grad():
             aux = codebook_stats(codes, self.codebook_size)
             aux["quant_error"] = (e - q).pow(2).sum(-1).mean()
+            aux["e_sq"] = e.pow(2).sum(-1).mean()  # the scale quant_error is relative to (1 for l2 codes)
         aux["loss"] = loss
         z_q = z_q.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()
         return z_q, codes.view(b, h, w), aux

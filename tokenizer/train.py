@@ -235,7 +235,7 @@ class Trainer:
         return {"loss": loss.item(), "rec": rec.item(), "perceptual": p_loss.item(), "g_loss": g_loss.item(),
                 "d_loss": d_loss.item(), "disc_weight": float(d_w), "commit_codebook": aux["loss"].item(),
                 "usage": aux["usage"].item(), "perplexity": aux["perplexity"].item(),
-                "quant_error": aux["quant_error"].item(), "grad_norm": float(gnorm),
+                "quant_error": aux["quant_error"].item(), "e_sq": aux["e_sq"].item(), "grad_norm": float(gnorm),
                 "lr": self.opt.param_groups[0]["lr"]}
 
     # -- the loop ------------------------------------------------------------------------------------------------
