@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, how = resolve_model(args.model)
     from vqtok.export.runtime import OnnxTokenizer
 
-    tok = OnnxTokenizer.from_dir(model_dir)
+    tok = OnnxTokenizer.from_pretrained(model_dir)
     graph_files = f"{Path(tok.encoder._model_path).name}, {Path(tok.decoder._model_path).name}"
     res |= {"model_dir": str(model_dir), "model_choice": how, "model_id": tok.metadata.model_id,
             "image_size": tok.metadata.image_size, "graph_files": graph_files}
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             return {"skipped": "onnxruntime has no CUDAExecutionProvider"}
         try:
-            OnnxTokenizer.from_dir(model_dir, device="cuda")
+            OnnxTokenizer.from_pretrained(model_dir, device="cuda")
         except Exception as err:  # no GPU / driver: ORT refuses CUDA (the runtime checks it really activated)
             return {"skipped": f"no usable CUDA device ({type(err).__name__}: {str(err)[:160]})"}
         if args.smoke:

@@ -143,8 +143,13 @@ def default_model_dir() -> Path | None:
     from vqtok.tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR
 
     d = WEIGHTS_DIR / DEFAULT_MODEL
-    need = ("config.json", "model.safetensors", "encoder.onnx", "decoder.onnx")
-    return d if all((d / n).is_file() for n in need) else None
+    return d if all((d / n).is_file() for n in _model_files()) else None
+
+
+def _model_files() -> tuple[str, ...]:
+    from vqtok.tokenizer.contract import CONFIG_FILE, WEIGHTS_FILE, graph_files
+
+    return (CONFIG_FILE, WEIGHTS_FILE, *graph_files())
 
 
 def random_default_model(cache: Path = CACHE) -> Path:
@@ -153,7 +158,7 @@ def random_default_model(cache: Path = CACHE) -> Path:
     from vqtok.tokenizer.hub import DEFAULT_MODEL
 
     d = cache / f"{DEFAULT_MODEL}-random-init"
-    if all((d / n).is_file() for n in ("config.json", "model.safetensors", "encoder.onnx", "decoder.onnx")):
+    if all((d / n).is_file() for n in _model_files()):
         return d
     import torch
 

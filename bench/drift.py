@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     model_dir = resolve_model_dir(args.model)
-    tok = OnnxTokenizer.from_dir(model_dir, threads=1, graphs=("encoder",))
+    tok = OnnxTokenizer.from_pretrained(model_dir, threads=1, graphs=("encoder",))
     ref = load_reference(model_dir, tok.metadata.codebook_sha256)
     if ref is None:
         raise SystemExit(f"{model_dir} has no code_histogram.json: vqtok export {args.model} --no-export --histogram DATA")

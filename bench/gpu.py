@@ -86,7 +86,7 @@ def throughput(model_dir: Path, flops: dict, batches: list[int], size: int, max_
             continue
         t0 = time.perf_counter()
         try:
-            tok = OnnxTokenizer.from_dir(model_dir, device="cuda", precision=precision, cuda_options=VARIANTS[variant])
+            tok = OnnxTokenizer.from_pretrained(model_dir, device="cuda", precision=precision, cuda_options=VARIANTS[variant])
         except Exception as err:  # no fp16 pair, or this provider option refused: record, go on
             rows.append({"backend": f"onnxruntime-cuda-{precision}", "variant": variant, "error": str(err)})
             print(f"  {precision} {variant}: {err}", flush=True)

@@ -95,10 +95,10 @@ def throughput(model_dir: Path, batches: list[int], size: int, flops: dict, devi
 
         old_threads = torch.get_num_threads()
         torch.set_num_threads(cores())
-        backends["onnxruntime-cpu-fp32"] = OnnxTokenizer.from_dir(model_dir, device="cpu", threads=ort_threads)
+        backends["onnxruntime-cpu-fp32"] = OnnxTokenizer.from_pretrained(model_dir, device="cpu", threads=ort_threads)
     else:
-        backends["onnxruntime-cuda-fp32"] = OnnxTokenizer.from_dir(model_dir, device="cuda")
-        backends["onnxruntime-cuda-fp16"] = OnnxTokenizer.from_dir(model_dir, device="cuda", precision="fp16")
+        backends["onnxruntime-cuda-fp32"] = OnnxTokenizer.from_pretrained(model_dir, device="cuda")
+        backends["onnxruntime-cuda-fp16"] = OnnxTokenizer.from_pretrained(model_dir, device="cuda", precision="fp16")
     torch_run = _torch_runner(model_dir, device) if torch_eager else None
     meta = next(iter(backends.values())).metadata
     probes: dict = {}

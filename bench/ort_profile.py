@@ -57,7 +57,7 @@ def profile(model_dir: Path, batch: int = 8, size: int = 256, flops: dict | None
             threads: int | None = None) -> dict:
     from vqtok.export.runtime import OnnxTokenizer
 
-    tok = OnnxTokenizer.from_dir(model_dir, threads=threads)
+    tok = OnnxTokenizer.from_pretrained(model_dir, threads=threads)
     enc_path = Path(tok.encoder._model_path)
     dec_path = Path(tok.decoder._model_path)
     f, k = tok.metadata.factor, tok.metadata.codebook_size

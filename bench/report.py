@@ -218,7 +218,7 @@ def render(res: dict) -> str:
           f"SIMD {', '.join(m.get('simd', [])) or '?'}); ONNX Runtime {m.get('onnxruntime', '?')}, "
           f"torch {m.get('torch', '?')}, Python {m.get('python', '?')}.",
           f"- **Model:** `{res.get('model_id', '?')}` ({res.get('model_choice', '?')}), graphs "
-          f"`{res.get('graph_files', '?')}` (what `OnnxTokenizer.from_dir` loads).",
+          f"`{res.get('graph_files', '?')}` (what `OnnxTokenizer.from_pretrained` loads).",
           f"- **Suite wall time:** {_f(res.get('wall_s', float('nan')) / 60, '.1f')} min. "
           f"Load average at start {', '.join(f'{x:.1f}' for x in m.get('load_avg_at_start', []))}; 1-minute load at "
           "each section's start: " + (", ".join(f"{k} {v:.1f}" for k, v in res.get("load_avg_1min", {}).items()) or "—")

@@ -310,7 +310,7 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
     from vqtok.export.runtime import OnnxTokenizer
 
     threads = threads or cores()
-    tok = OnnxTokenizer.from_dir(model_dir, device=device, threads=threads)
+    tok = OnnxTokenizer.from_pretrained(model_dir, device=device, threads=threads)
     size = tok.metadata.image_size
     jpeg, image = test_image(size)
     codes = tok.encode_array(image[None])[0]

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vqtok.tokenizer.contract import CONFIG_FILE
+
 from .common import REPO, cores, interleaved
 
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
@@ -34,8 +36,8 @@ def default_model_config(model_dir: Path | None = None) -> dict:
     """TokenizerConfig fields of the model under test (default: the default config)."""
     from vqtok.tokenizer.model import TokenizerConfig
 
-    if model_dir is not None and (model_dir / "config.json").is_file():
-        cfg = TokenizerConfig.from_dict(json.loads((model_dir / "config.json").read_text()))
+    if model_dir is not None and (model_dir / CONFIG_FILE).is_file():
+        cfg = TokenizerConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text()))
     else:
         cfg = TokenizerConfig()
     d = cfg.to_dict()
@@ -89,7 +91,7 @@ def training_rss(model_cfg: dict, steps: int = 3, data: Path = PHOTOS, overrides
                  timeout: float = 300.0) -> dict:
     """Peak RSS (MiB) of `vqtok train` at the default TrainConfig for `steps` steps, in a child process."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "config.json"
+        cfg = Path(tmp) / "train.json"  # a --config file of training options
         cfg.write_text(json.dumps({"model": model_cfg}))
         sets = ["disc_start=1", "grid_every=0", f"checkpoint_every={10**9}", "log_every=1"] + (overrides or [])
         cmd = [sys.executable, "-m", "vqtok", "train", str(data), "--out", str(Path(tmp) / "run"), "--config",

@@ -2,7 +2,7 @@
 
     python -m bench.tuning [--model DIR|ID] [--batch 8] [--size 256] [--compare NAME=DIR ...]
 
-Variants: the runtime's default (`OnnxTokenizer.from_dir`), graph optimisation level BASIC / EXTENDED / ALL,
+Variants: the runtime's default (`OnnxTokenizer.from_pretrained`), graph optimisation level BASIC / EXTENDED / ALL,
 intra-op threads (1 vs all cores), thread spinning off, and the offline-optimised `*.cpu-opt.onnx` copy when the
 model folder has one. Each variant is its own pair of sessions; one round runs encode and decode of every variant.
 `--compare NAME=DIR` adds the graphs of another folder (its `*.cpu-opt.onnx` copies when present, else the plain
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vqtok.tokenizer.contract import graph_files
+
 from .common import cores, interleaved, resolve_model, session_options
 
 
@@ -30,16 +32,16 @@ def _sessions(enc: Path, dec: Path, level: str = "all", threads: int | None = No
 
 def _graph_pair(d: Path) -> tuple[Path, Path]:
     """A folder's CPU graphs: the ORT-optimised copies when it has both, else the plain ones."""
-    opt = d / "encoder.cpu-opt.onnx", d / "decoder.cpu-opt.onnx"
-    return opt if all(p.is_file() for p in opt) else (d / "encoder.onnx", d / "decoder.onnx")
+    opt = tuple(d / n for n in graph_files("fp32", optimized=True))
+    return opt if all(p.is_file() for p in opt) else tuple(d / n for n in graph_files())
 
 
 def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[str, tuple]:
     from vqtok.export.runtime import OnnxTokenizer
 
-    tok = OnnxTokenizer.from_dir(model_dir)
+    tok = OnnxTokenizer.from_pretrained(model_dir)
     out = {"runtime default": (tok.encoder, tok.decoder)}
-    enc, dec = model_dir / "encoder.onnx", model_dir / "decoder.onnx"
+    enc, dec = (model_dir / n for n in graph_files())
     n = cores()
     out["plain, ALL, threads=cores"] = _sessions(enc, dec, "all", n)
     out["plain, EXTENDED"] = _sessions(enc, dec, "extended", n)
@@ -47,7 +49,7 @@ def variants(model_dir: Path, compare: dict[str, Path] | None = None) -> dict[st
     if n > 1:
         out["plain, ALL, 1 thread"] = _sessions(enc, dec, "all", 1)
     out["plain, ALL, no spinning"] = _sessions(enc, dec, "all", n, spinning=False)
-    opt_e, opt_d = model_dir / "encoder.cpu-opt.onnx", model_dir / "decoder.cpu-opt.onnx"
+    opt_e, opt_d = (model_dir / n for n in graph_files("fp32", optimized=True))
     if opt_e.is_file() and opt_d.is_file():
         out["cpu-opt copy, ALL"] = _sessions(opt_e, opt_d, "all", n)
     for name, d in (compare or {}).items():
@@ -59,7 +61,7 @@ def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0
            compare: dict[str, Path] | None = None) -> dict:
     from vqtok.export.runtime import OnnxTokenizer
 
-    meta = OnnxTokenizer.from_dir(model_dir).metadata
+    meta = OnnxTokenizer.from_pretrained(model_dir).metadata
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     codes = rng.integers(0, meta.codebook_size, (batch, size // meta.factor, size // meta.factor), dtype=np.int32)
@@ -74,7 +76,7 @@ def tuning(model_dir: Path, batch: int = 8, size: int = 256, max_s: float = 30.0
             for name in sess]
     return {"batch": batch, "image_size": size, "baseline": "runtime default", "rows": rows,
             "note": "Every variant runs the same graphs on the same inputs; rounds alternate the order of variants. "
-                    "'runtime default' is `OnnxTokenizer.from_dir(model)` as the server and CLI build it."}
+                    "'runtime default' is `OnnxTokenizer.from_pretrained(model)` as the server and CLI build it."}
 
 
 def main(argv: list[str] | None = None) -> dict:

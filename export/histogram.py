@@ -66,7 +66,7 @@ def write_reference(model_dir: str | Path, data: str | Path, split: str | None =
 
     from .runtime import OnnxTokenizer
 
-    tok = OnnxTokenizer.from_dir(model_dir, threads=threads, graphs=("encoder",))
+    tok = OnnxTokenizer.from_pretrained(model_dir, threads=threads, graphs=("encoder",))
     paths = list_images(data, split)[:limit]
     counts = code_histogram(tok, paths)
     m = tok.metadata

@@ -22,24 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vqtok.export.graph_rewrite import fuse_group_norm_affine
+from vqtok.tokenizer.contract import (DECODER_FILE, ENCODER_FILE, ModelMetadata, default_max_side, graph_files,
+                                     optimized_name, psnr, read_metadata)
 from vqtok.tokenizer.model import AttnBlock, Tokenizer
 
-ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
 DEFAULT_OPSET = 18
 EPS = 1e-6  # same eps as tokenizer.quantizer
-
-
-def graph_files(precision: str = "fp32", optimized: bool = False) -> tuple[str, str]:
-    """File names of the encoder and decoder graphs for a precision ('fp32' | 'fp16'), plain or ORT-optimised."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
-    suffix = ("" if precision == "fp32" else ".fp16") + (".cpu-opt" if optimized else "") + ".onnx"
-    return "encoder" + suffix, "decoder" + suffix
-
-
-def default_max_side(image_size: int, factor: int) -> int:
-    """Largest H or W the graphs are documented for: 4× the training size (1024 for a 256² model)."""
-    return max(4 * image_size, 32 * factor)
 
 
 # -- graph modules ---------------------------------------------------------------------------------------------
@@ -131,25 +119,19 @@ def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_si
     codes = {"layout": "[B, h, w] row-major grid, flatten in raster order", "dtype": "int32",
              "range": f"[0, {cfg.codebook_size})"}
     inp, out = (images, codes) if graph == "encoder" else (codes, images)
+    core = ModelMetadata(model_id=model_id, factor=cfg.factor, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
+                         codebook_sha256=model.codebook_sha256(), image_size=cfg.image_size, max_side=max_side,
+                         normalize_codes=cfg.normalize_codes, precision=precision, opset=opset,
+                         vqtok_version=__version__)
     return {
-        "model_id": model_id,
+        **core.to_props(),
         "graph": graph,
-        "factor": str(cfg.factor),
-        "codebook_size": str(cfg.codebook_size),
-        "code_dim": str(cfg.code_dim),
-        "normalize_codes": str(cfg.normalize_codes).lower(),
-        "image_size": str(cfg.image_size),
-        "max_side": str(max_side),
-        "codebook_sha256": model.codebook_sha256(),
         **{f"input_{k}": v for k, v in inp.items()},
         **{f"output_{k}": v for k, v in out.items()},
         "code_dtype": "int32",
-        "precision": precision,
         "search_precision": "fp32",
-        "vqtok_version": __version__,
         "torch_version": torch.__version__,
         "onnx_version": onnx.__version__,
-        "opset": str(opset),
     }
 
 
@@ -232,23 +214,18 @@ def optimize_for_cpu(path: str | Path) -> Path:
     import onnxruntime as ort
 
     path = Path(path)
-    target = path.with_name(path.name.removesuffix(".onnx") + ".cpu-opt.onnx")
+    target = path.with_name(optimized_name(path.name))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(target)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     # ORT writes the graph but not always our metadata: copy it over, marked as optimised.
-    src, opt = onnx.load(str(path)), onnx.load(str(target))
-    meta = {p.key: p.value for p in src.metadata_props} | {"ort_optimized": "cpu-extended"}
+    opt = onnx.load(str(target))
+    meta = read_metadata(path) | {"ort_optimized": "cpu-extended"}
     del opt.metadata_props[:]
     onnx.helper.set_model_props(opt, meta)
     onnx.save(opt, str(target))
     return target
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    m = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}
 
 
 def graph_matches_weights(model_dir: str | Path) -> bool:
@@ -257,7 +234,7 @@ def graph_matches_weights(model_dir: str | Path) -> bool:
 
     d = Path(model_dir)
     sha = read_codebook_sha256(d)
-    return all(read_metadata(d / n).get("codebook_sha256") == sha for n in (ENCODER, DECODER))
+    return all(read_metadata(d / n).get("codebook_sha256") == sha for n in (ENCODER_FILE, DECODER_FILE))
 
 
 # -- parity ----------------------------------------------------------------------------------------------------
@@ -271,17 +248,10 @@ NEAR_TIE = 5e-4
 
 
 def _fit(path: Path, height: int, width: int) -> np.ndarray:
-    """Photo → uint8 [height, width, 3]: scale to cover, centre crop (the `resize` policy, for any aspect)."""
-    from PIL import Image
+    """Photo → uint8 [height, width, 3]: the `resize` policy's geometry for any aspect."""
+    from vqtok.tokenizer.preprocess import fit, open_image
 
-    from vqtok.tokenizer.preprocess import open_image
-
-    img = open_image(path)
-    scale = max(height / img.height, width / img.width)
-    nw, nh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return np.asarray(img.crop((left, top, left + width, top + height)))
+    return fit(open_image(path), height, width)
 
 
 @torch.no_grad()
@@ -333,11 +303,6 @@ def _to_range(images: np.ndarray) -> torch.Tensor:
     return to_model_range(torch.from_numpy(np.ascontiguousarray(images)))
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 @torch.no_grad()
 def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | None = "val", limit: int | None = None,
            device: str = "cpu", batch: int = 8, sizes: list[tuple[int, int]] | None = None,
@@ -364,7 +329,7 @@ def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | No
     s, f = model.config.image_size, model.config.factor
     sizes = sizes or [(s, s), (s, (3 * s // 2) // f * f)]
     g = Path(graphs_dir) if graphs_dir else d
-    tok = OnnxTokenizer.from_dir(g, device=device, optimized=False, threads=threads)
+    tok = OnnxTokenizer.from_pretrained(g, device=device, optimized=False, threads=threads)
     sha = read_codebook_sha256(d)
     report: dict = {
         "model_id": tok.metadata.model_id, "model_dir": str(d), "graphs_dir": str(g), "codebook_sha256": sha,
@@ -401,13 +366,13 @@ def verify(model_dir: str | Path, data: str | Path | list[Path], split: str | No
 
     enc16, dec16 = graph_files("fp16")
     if (g / enc16).is_file() and (g / dec16).is_file():
-        tok16 = OnnxTokenizer.from_dir(g, device=device, precision="fp16", threads=threads)
+        tok16 = OnnxTokenizer.from_pretrained(g, device=device, precision="fp16", threads=threads)
         codes16 = np.concatenate([tok16.encode_array(images[sl]) for sl in _chunks(len(images), batch)])
         recon16 = np.concatenate([tok16.decode(ref_codes[sl]) for sl in _chunks(len(images), batch)])
         report["fp16"] = {"providers": tok16.encoder.get_providers(),
                           "code_agreement_vs_fp32": float((codes16 == ort_codes).mean()),
                           "code_agreement_vs_torch": float((codes16 == ref_codes).mean()),
-                          "decoder_psnr_vs_fp32_db": _psnr(recon16, np.concatenate(recon32)),
+                          "decoder_psnr_vs_fp32_db": psnr(recon16, np.concatenate(recon32)),
                           "decoder_max_abs_diff_vs_fp32": int(np.abs(recon16.astype(int) -
                                                                      np.concatenate(recon32).astype(int)).max())}
 

@@ -13,18 +13,16 @@ import ctypes
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vqtok.tokenizer.contract import GRAPHS, PRECISIONS, ModelMetadata, graph_files, unflatten
 from vqtok.tokenizer.hub import resolve_model_dir
-from vqtok.tokenizer.preprocess import POLICIES, Crop, ImageSource, prepare
+from vqtok.tokenizer.preprocess import Crop, ImageSource, prepare_batch
 
-_NAMES = {"fp32": ("encoder.onnx", "decoder.onnx"), "fp16": ("encoder.fp16.onnx", "decoder.fp16.onnx")}
-_OPTIMIZED = {"fp32": ("encoder.cpu-opt.onnx", "decoder.cpu-opt.onnx")}
-GRAPHS = ("encoder", "decoder")
 _shared_arena = {"registered": False, "lock": threading.Lock()}
 
 
@@ -50,37 +48,6 @@ def import_onnxruntime():
 
 class InvalidCodes(ValueError):
     """Codes a model cannot decode: not integers, out of [0, K), wrong shape, or too large."""
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    model_id: str
-    factor: int
-    codebook_size: int
-    code_dim: int
-    codebook_sha256: str
-    image_size: int
-    max_side: int
-    normalize_codes: bool
-    precision: str
-    opset: int
-    vqtok_version: str
-
-    @classmethod
-    def from_props(cls, props: dict[str, str]) -> "ModelMetadata":
-        missing = [k for k in ("model_id", "factor", "codebook_size", "code_dim", "codebook_sha256", "image_size",
-                               "max_side") if k not in props]
-        if missing:
-            raise ValueError(f"ONNX graph lacks metadata {missing}; re-export it with `vqtok export MODEL`")
-        return cls(model_id=props["model_id"], factor=int(props["factor"]),
-                   codebook_size=int(props["codebook_size"]), code_dim=int(props["code_dim"]),
-                   codebook_sha256=props["codebook_sha256"], image_size=int(props["image_size"]),
-                   max_side=int(props["max_side"]), normalize_codes=props.get("normalize_codes") == "true",
-                   precision=props.get("precision", "fp32"), opset=int(props.get("opset", 0)),
-                   vqtok_version=props.get("vqtok_version", ""))
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None = None,
@@ -115,7 +82,7 @@ def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None 
 
 
 class OnnxTokenizer:
-    """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_dir`."""
+    """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_pretrained`."""
 
     def __init__(self, encoder_path: str | Path | None, decoder_path: str | Path | None, device: str = "cpu",
                  threads: int | None = None, max_batch: int | None = None,
@@ -171,7 +138,7 @@ class OnnxTokenizer:
         return tuple(g for g, s in zip(GRAPHS, (self.encoder, self.decoder)) if s is not None)
 
     @classmethod
-    def from_dir(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
+    def from_pretrained(cls, path_or_id: str | Path, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32", optimized: bool | None = None, max_batch: int | None = None,
                  session_config: dict[str, str] | None = None, cuda_options: dict[str, str] | None = None,
                  graphs: Sequence[str] = GRAPHS, mem_pattern: bool = True,
@@ -189,15 +156,14 @@ class OnnxTokenizer:
         other models) in one ORT arena: for sessions run one at a time, e.g. an inference worker's.
         """
         d = resolve_model_dir(path_or_id)
-        if precision not in _NAMES:
-            raise ValueError(f"precision must be one of {sorted(_NAMES)}, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if not graphs or any(g not in GRAPHS for g in graphs):
             raise ValueError(f"graphs must be a non-empty subset of {GRAPHS}, got {graphs!r}")
         keep = [g in graphs for g in GRAPHS]
-        names = tuple(n for n, k in zip(_NAMES[precision], keep) if k)
-        opt = _OPTIMIZED.get(precision)
-        if opt is not None:
-            opt = tuple(n for n, k in zip(opt, keep) if k)
+        names = tuple(n for n, k in zip(graph_files(precision), keep) if k)
+        opt = tuple(n for n, k in zip(graph_files(precision, optimized=True), keep) if k) if precision == "fp32" \
+            else None
         if optimized is None:
             optimized = device == "cpu" and opt is not None and all((d / n).is_file() for n in opt)
         if optimized:
@@ -214,6 +180,13 @@ class OnnxTokenizer:
         return cls(enc, dec, device=device, threads=threads, max_batch=max_batch, session_config=session_config,
                    cuda_options=cuda_options, mem_pattern=mem_pattern, shared_arena=shared_arena)
 
+    @classmethod
+    def from_dir(cls, path_or_id: str | Path, **kwargs) -> "OnnxTokenizer":
+        """Deprecated name of `from_pretrained` (the name `Tokenizer` uses for the same idea)."""
+        warnings.warn("OnnxTokenizer.from_dir is deprecated; use OnnxTokenizer.from_pretrained", DeprecationWarning,
+                      stacklevel=2)
+        return cls.from_pretrained(path_or_id, **kwargs)
+
     # convenience views of the metadata
     @property
     def factor(self) -> int:
@@ -226,23 +199,10 @@ class OnnxTokenizer:
     # -- encode ----------------------------------------------------------------------------------------------------
     def prepare(self, images: ImageSource | Sequence[ImageSource], policy: str = "resize",
                 max_pixels: int | None = None) -> tuple[np.ndarray, list[Crop]]:
-        """Images → (uint8 [B, H, W, 3] batch, crops), by `tokenizer.preprocess.prepare` with this model's S and f.
-
-        `native` keeps each image's size (padded to a multiple of f), so a batch must share one padded size.
-        """
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        items = _as_list(images)
-        if not items:
-            raise ValueError("no images given")
+        """Images → (uint8 [B, H, W, 3] batch, crops), by `tokenizer.preprocess.prepare_batch` with this model's
+        S and f (`native` keeps each image's size, padded to a multiple of f: one batch shares one padded size)."""
         m = self.metadata
-        pairs = [prepare(src, policy=policy, size=m.image_size, factor=m.factor, max_pixels=max_pixels)
-                 for src in items]
-        shapes = {a.shape for a, _ in pairs}
-        if len(shapes) > 1:
-            raise ValueError(f"policy 'native' gave images of different sizes {sorted(shapes)}; encode them one "
-                             "call each, or use policy 'resize'")
-        return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
+        return prepare_batch(images, policy, size=m.image_size, factor=m.factor, max_pixels=max_pixels)
 
     def encode_array(self, batch: np.ndarray, release: bool = False) -> np.ndarray:
         """uint8 [B, H, W, 3] (H, W multiples of f, at most max_side) → int64 codes [B, H/f, W/f].
@@ -290,6 +250,14 @@ class OnnxTokenizer:
             release_memory()
         return images
 
+    def decode_sequence(self, tokens, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """Token sequences [B, h·w] (or one [h·w]) in raster order → uint8 images [B, h·f, w·f, 3].
+
+        `shape` is the code grid's (h, w); default the model's square grid (S/f, S/f).
+        """
+        m = self.metadata
+        return self.decode(unflatten(np.asarray(tokens), shape or (m.image_size // m.factor,) * 2))
+
     def __repr__(self) -> str:
         m = self.metadata
         return (f"OnnxTokenizer({m.model_id!r}, f={m.factor}, K={m.codebook_size}, {m.precision}, "
@@ -335,11 +303,3 @@ def _env_cuda_options() -> dict[str, str]:
     if not isinstance(opts, dict):
         raise ValueError('VQTOK_ORT_CUDA_OPTIONS must be a JSON object, e.g. {"prefer_nhwc": "1"}')
     return {str(k): str(v) for k, v in opts.items()}
-
-
-def _as_list(images) -> list:
-    if isinstance(images, np.ndarray):
-        return list(images) if images.ndim == 4 else [images]
-    if isinstance(images, (list, tuple)):
-        return list(images)
-    return [images]

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     tok = load_tokenizer(args.model, args.device)  # what `vqtok tokenize` encodes with
     # Raw also runs on ORT's default session settings, and the faster of the two is the comparator: the pipeline's
     # own session settings can then never lower the bar.
-    toks = {"pipeline": tok, "ort_default": OnnxTokenizer.from_dir(args.model, device=args.device)}
+    toks = {"pipeline": tok, "ort_default": OnnxTokenizer.from_pretrained(args.model, device=args.device)}
     m = tok.metadata
     prep = Prep("resize", m.image_size, m.factor, 64_000_000, 64 << 20, 0)
     prepared = [p for p in (load_item(i, it, prep) for i, it in enumerate(items)) if isinstance(p, Prepared)]

@@ -42,7 +42,7 @@ def detokenize_rows(dst: Path, rows: list[int], out_dir: Path, model: str | None
         src = m.get("model_source")
         model = src if src and Path(src).is_dir() else m["model"]["id"]
     resolve_model_dir(model)  # a clear error naming the shipped ids when neither exists
-    tok = OnnxTokenizer.from_dir(model, device=device)
+    tok = OnnxTokenizer.from_pretrained(model, device=device)
     sha = tok.metadata.codebook_sha256
     if sha != m["model"]["codebook_sha256"]:
         raise ValueError(f"the model's codebook sha256 {sha[:16]}… differs from the dataset's "

@@ -17,17 +17,10 @@ DEFAULT_MAX_BYTES = 64 << 20
 
 def model_info(model: str) -> dict:
     """What the manifest records about the model, read from encoder.onnx's metadata (no session is created)."""
-    import onnx
-
+    from vqtok.tokenizer.contract import read_model_metadata
     from vqtok.tokenizer.hub import resolve_model_dir
 
-    d = resolve_model_dir(model)
-    if not (d / "encoder.onnx").is_file():
-        raise FileNotFoundError(f"{d} has no encoder.onnx; export the model first (`vqtok export {model}`)")
-    from vqtok.export.runtime import ModelMetadata
-
-    m = ModelMetadata.from_props({p.key: p.value for p in
-                                  onnx.load(str(d / "encoder.onnx"), load_external_data=False).metadata_props})
+    m, _ = read_model_metadata(resolve_model_dir(model))
     return {"id": m.model_id, "codebook_sha256": m.codebook_sha256, "codebook_size": m.codebook_size,
             "factor": m.factor, "image_size": m.image_size, "max_side": m.max_side}
 
@@ -43,8 +36,10 @@ def tokenize_dataset(src: str, dst: str | os.PathLike, model: str, policy: str =
     """
     from vqtok import __version__
 
-    if policy not in ("resize", "native"):
-        raise ValueError(f"--policy must be resize or native, got {policy!r}")
+    from vqtok.tokenizer.contract import POLICIES
+
+    if policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
     if engine not in ("local", "ray"):
         raise ValueError(f"--engine must be local or ray, got {engine!r}")
     if batch_size < 1:

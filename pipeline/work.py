@@ -85,7 +85,7 @@ def load_tokenizer(model: str, device: str = "cpu", threads: int | None = None) 
     """The `OnnxTokenizer` both engines encode with: `model`'s graphs with the pipeline's session settings."""
     from vqtok.export.runtime import OnnxTokenizer
 
-    return OnnxTokenizer.from_dir(model, device=device, threads=threads, session_config=SESSION_CONFIG)
+    return OnnxTokenizer.from_pretrained(model, device=device, threads=threads, session_config=SESSION_CONFIG)
 
 
 def encode_batch(tok: Any, images: np.ndarray) -> np.ndarray:

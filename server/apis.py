@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from vqtok.tokenizer.preprocess import POLICIES
+from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics, telemetry
 from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
@@ -94,7 +94,7 @@ class TokenizerAPI(ls.LitAPI):
             # for all of the worker's sessions, which run one at a time (both graphs: 0.75 GiB, same speed). GPUs
             # keep ORT's defaults (not measured there).
             cpu = kind == "cpu"
-            tok = OnnxTokenizer.from_dir(entry.path, device=kind, threads=self.threads, graphs=self.graphs,
+            tok = OnnxTokenizer.from_pretrained(entry.path, device=kind, threads=self.threads, graphs=self.graphs,
                                          mem_pattern=not cpu, shared_arena=cpu)
             s, f = entry.image_size, entry.factor  # warm-up: first runs allocate arenas (and tune cuDNN on GPUs)
             codes = np.zeros((1, s // f, s // f), np.int32)

@@ -9,10 +9,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vqtok.tokenizer.contract import graph_files, read_model_metadata
 from vqtok.tokenizer.hub import DEFAULT_MODEL, WEIGHTS_DIR, is_model_id
 
 logger = logging.getLogger("vqtok.server")
-GRAPHS = ("encoder.onnx", "decoder.onnx")
+GRAPHS = graph_files()  # the fp32 pair a servable model folder holds
 
 
 class UnknownModel(KeyError):
@@ -37,13 +38,8 @@ class ModelEntry:
 
 
 def read_entry(model_id: str, folder: Path) -> ModelEntry:
-    """Read a model folder's ONNX metadata (validated by `export.runtime.ModelMetadata`)."""
-    import onnx
-
-    from vqtok.export.runtime import ModelMetadata
-
-    props = {p.key: p.value for p in onnx.load(str(folder / GRAPHS[0]), load_external_data=False).metadata_props}
-    meta = ModelMetadata.from_props(props)
+    """Read a model folder's ONNX metadata (validated by `tokenizer.contract.ModelMetadata`)."""
+    meta, props = read_model_metadata(folder)
     return ModelEntry(id=model_id, path=str(folder.resolve()), factor=meta.factor, codebook_size=meta.codebook_size,
                       codebook_sha256=meta.codebook_sha256, image_size=meta.image_size, max_side=meta.max_side,
                       metadata=props)

@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from vqtok.tokenizer.contract import psnr  # noqa: F401 - re-exported for the server tests
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TINY = FIXTURES / "tiny-model"
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
@@ -40,11 +42,6 @@ def png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 class LiveServer:
@@ -124,4 +121,4 @@ def session_pids(sid: int) -> set[int]:
 def local_tokenizer(model_dir: Path):
     from vqtok.export.runtime import OnnxTokenizer
 
-    return OnnxTokenizer.from_dir(model_dir, threads=1)
+    return OnnxTokenizer.from_pretrained(model_dir, threads=1)

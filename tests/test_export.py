@@ -9,7 +9,8 @@ import onnx
 import pytest
 import torch
 
-from vqtok.export.onnx import export_model, read_metadata
+from vqtok.export.onnx import export_model
+from vqtok.tokenizer.contract import read_metadata
 from vqtok.export.runtime import OnnxTokenizer
 from vqtok.tokenizer.hub import WEIGHTS_DIR, list_models, read_codebook_sha256
 from vqtok.tokenizer.model import Tokenizer, TokenizerConfig, to_model_range, to_uint8
@@ -90,7 +91,7 @@ def test_dynamic_shapes_match_torch(exported, shape):
     ref = torch_codes(model, images)
     ref_images = torch_images(model, ref)
     for optimized in (False, True):
-        tok = OnnxTokenizer.from_dir(out, threads=1, optimized=optimized)
+        tok = OnnxTokenizer.from_pretrained(out, threads=1, optimized=optimized)
         codes = tok.encode_array(images)
         assert codes.shape == ref.shape == (b, h // 4, w // 4)
         assert (codes == ref).mean() >= 0.99  # random weights: near-ties are rare but possible
@@ -111,7 +112,7 @@ def _check_committed(model_dir: Path) -> None:
         assert read_metadata(path)["codebook_sha256"] == sha, (
             f"{path} was exported from other weights; run `vqtok export {model_dir}`")
     model = Tokenizer.from_pretrained(model_dir)
-    tok = OnnxTokenizer.from_dir(model_dir, optimized=False, threads=1)
+    tok = OnnxTokenizer.from_pretrained(model_dir, optimized=False, threads=1)
     batch, _ = tok.prepare(PHOTOS[:2])
     codes = tok.encode_array(batch)
     assert (codes == torch_codes(model, batch)).mean() >= 0.99

@@ -126,8 +126,10 @@ def test_config_validation():
         TokenizerConfig(gradient="nope")
     with pytest.raises(ValueError):
         TokenizerConfig(channel_mult=(1, 2, 2, 2), image_size=36)  # not a multiple of f = 8
-    cfg = TokenizerConfig.from_dict({"channel_mult": [1, 2], "factor": 2, "unknown_key": 1})
+    cfg = TokenizerConfig.from_dict({"channel_mult": [1, 2], "factor": 2})
     assert cfg.channel_mult == (1, 2) and cfg.factor == 2
+    with pytest.raises(ValueError, match=r"unknown model options \['unknown_key'\]"):
+        TokenizerConfig.from_dict({"channel_mult": [1, 2], "unknown_key": 1})
 
 
 def test_uint8_model_range_round_trip():

@@ -67,7 +67,7 @@ def test_client_imports_without_litserve_onnxruntime_or_torch(tmp_path):
 
 
 def test_without_onnx_runtime_the_error_says_which_extra_installs_it(tmp_path):
-    r = run(blocked("onnxruntime") + f"import vqtok; vqtok.OnnxTokenizer.from_dir({str(TINY)!r})", tmp_path)
+    r = run(blocked("onnxruntime") + f"import vqtok; vqtok.OnnxTokenizer.from_pretrained({str(TINY)!r})", tmp_path)
     assert r.returncode == 1 and "ModuleNotFoundError: ONNX Runtime is not installed: pip install 'vqtok[serve]'" \
         in r.stderr and "'vqtok[serve-cpu]'" in r.stderr, r.stderr
     photo = REPO / "tests" / "fixtures" / "photos" / "chelsea.jpg"

@@ -180,7 +180,7 @@ def test_resize_centre_crop(vertical):
     img = bands(300, 100) if vertical else bands(100, 300, vertical=False)
     arr, crop = prepare(img, policy="resize", size=32, factor=8)
     assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8 and arr.flags["C_CONTIGUOUS"]
-    assert crop == Crop(32, 32, img.width, img.height)
+    assert crop == Crop(32, 32, img.height, img.width)
     # The centre crop is exactly the middle (red) band: shorter side 100 → 32, the long side 300 → 96.
     inner = arr[4:-4, 4:-4]
     assert inner[..., 0].min() > 200 and inner[..., 1].max() < 60 and inner[..., 2].max() < 60
@@ -190,7 +190,7 @@ def test_resize_small_image_is_upscaled():
     img = Image.new("RGB", (10, 20), (9, 99, 199))
     arr, crop = prepare(img, policy="resize", size=32, factor=8)
     assert arr.shape == (32, 32, 3)
-    assert crop == Crop(32, 32, 10, 20)
+    assert crop == Crop(height=32, width=32, source_height=20, source_width=10)
     assert np.abs(arr.astype(int) - [9, 99, 199]).max() <= 1
 
 
@@ -214,7 +214,7 @@ def test_native_pads_and_restore_crops_back(w, h, f):
     arr, crop = prepare(png_bytes(Image.fromarray(a)), policy="native", factor=f)
     H, W = -(-h // f) * f, -(-w // f) * f
     assert arr.shape == (H, W, 3) and arr.dtype == np.uint8
-    assert crop == Crop(h, w, w, h)
+    assert crop == Crop(h, w, h, w)
     assert np.array_equal(arr[:h, :w], a)
     # Edge padding: the padded columns repeat the last column, the padded rows the last row.
     assert (arr[:h, w:] == a[:, -1:]).all()
@@ -326,3 +326,15 @@ def test_invalid_image_message_says_it_once():
         prepare(b"hello, not an image")
     assert str(info.value).count("not a decodable image") == 1
     assert "decodable" not in info.value.reason and "UnidentifiedImageError" in info.value.reason
+
+
+def test_save_grid_rows_labels_and_padding(tmp_path):
+    from vqtok.tokenizer.preprocess import save_grid
+
+    a, b = np.zeros((8, 6, 3), np.uint8), np.full((8, 6, 3), 100, np.uint8)
+    path = save_grid([(a, b), (b,)], tmp_path / "sub" / "grid.png", cols=3)
+    grid = np.asarray(Image.open(path))
+    assert grid.shape == (16, 18, 3)
+    assert (grid[8:, :6] == 100).all() and (grid[8:, 6:] == 255).all() and (grid[:8, 12:] == 255).all()
+    labelled = np.asarray(Image.open(save_grid([(a, a)], tmp_path / "l.png", labels=["21.00 dB"])))
+    assert labelled.shape == (8, 12, 3) and labelled.any()                              # the label was drawn

@@ -19,12 +19,12 @@ PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
 
 @pytest.fixture(scope="module")
 def tok() -> OnnxTokenizer:
-    return OnnxTokenizer.from_dir(TINY, threads=1)
+    return OnnxTokenizer.from_pretrained(TINY, threads=1)
 
 
 def test_import_is_torch_free():
     code = ("import sys, vqtok.export, vqtok.export.runtime; from vqtok import OnnxTokenizer; "
-            f"t = OnnxTokenizer.from_dir({str(TINY)!r}); t.decode(t.encode(np.zeros((64, 64, 3), np.uint8))); "
+            f"t = OnnxTokenizer.from_pretrained({str(TINY)!r}); t.decode(t.encode(np.zeros((64, 64, 3), np.uint8))); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", "import numpy as np; " + code], check=True)
 
@@ -112,7 +112,7 @@ def test_validator_standalone():
 
 
 def test_batch_limit_and_bad_input(tok):
-    limited = OnnxTokenizer.from_dir(TINY, max_batch=2)
+    limited = OnnxTokenizer.from_pretrained(TINY, max_batch=2)
     with pytest.raises(ValueError, match="limit is 2"):
         limited.encode(PHOTOS[:3])
     with pytest.raises(ValueError, match="multiples of 4"):
@@ -123,16 +123,16 @@ def test_batch_limit_and_bad_input(tok):
 
 def test_missing_graphs_say_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="vqtok export"):
-        OnnxTokenizer.from_dir(tmp_path)
+        OnnxTokenizer.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="--fp16"):
-        OnnxTokenizer.from_dir(TINY, precision="fp16")
+        OnnxTokenizer.from_pretrained(TINY, precision="fp16")
 
 
 def test_cuda_request_fails_loudly_without_gpu():
     import onnxruntime as ort
 
     try:
-        tok = OnnxTokenizer.from_dir(TINY, device="cuda")
+        tok = OnnxTokenizer.from_pretrained(TINY, device="cuda")
     except RuntimeError as err:
         assert "CUDAExecutionProvider did not activate" in str(err)
     else:  # a machine with a working GPU: the provider must really be active
@@ -142,7 +142,7 @@ def test_cuda_request_fails_loudly_without_gpu():
 
 def test_session_config_reaches_ort_and_keeps_results(tok):
     x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
-    quiet = OnnxTokenizer.from_dir(TINY, threads=1, session_config={"session.intra_op.allow_spinning": "0"})
+    quiet = OnnxTokenizer.from_pretrained(TINY, threads=1, session_config={"session.intra_op.allow_spinning": "0"})
     assert quiet.encoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     np.testing.assert_array_equal(quiet.encode_array(x), tok.encode_array(x))
 
@@ -160,7 +160,7 @@ def test_cuda_options_env_is_checked(monkeypatch, raw, match):
 
 @pytest.mark.parametrize("graphs", [("encoder",), ("decoder",)])
 def test_one_graph_loads_only_that_session(tok, graphs):
-    one = OnnxTokenizer.from_dir(TINY, threads=1, graphs=graphs)
+    one = OnnxTokenizer.from_pretrained(TINY, threads=1, graphs=graphs)
     assert one.graphs == graphs and one.metadata == tok.metadata
     codes = tok.encode(PHOTOS[0])
     if graphs == ("encoder",):
@@ -178,7 +178,7 @@ def test_one_graph_loads_only_that_session(tok, graphs):
 def test_graphs_are_checked(tmp_path):
     for bad in ((), ("encoder", "vae"), "encoder"):
         with pytest.raises(ValueError, match="subset"):
-            OnnxTokenizer.from_dir(TINY, graphs=bad)
+            OnnxTokenizer.from_pretrained(TINY, graphs=bad)
     with pytest.raises(ValueError, match="encoder path, a decoder path or both"):
         OnnxTokenizer(None, None)
 
@@ -186,7 +186,7 @@ def test_graphs_are_checked(tmp_path):
 def test_mem_pattern_reaches_ort_and_keeps_results(tok):
     x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
     assert tok.encoder.get_session_options().enable_mem_pattern  # ORT's default stays the runtime's default
-    lean = OnnxTokenizer.from_dir(TINY, threads=1, mem_pattern=False)
+    lean = OnnxTokenizer.from_pretrained(TINY, threads=1, mem_pattern=False)
     assert [s.get_session_options().enable_mem_pattern for s in (lean.encoder, lean.decoder)] == [False, False]
     codes = lean.encode_array(np.concatenate([x, x]))
     np.testing.assert_array_equal(codes, tok.encode_array(np.concatenate([x, x])))
@@ -195,7 +195,7 @@ def test_mem_pattern_reaches_ort_and_keeps_results(tok):
 
 def test_shared_arena_reaches_ort_and_keeps_results(tok):
     x = np.asarray(Image.open(PHOTOS[0]).convert("RGB").resize((64, 64)))[None]
-    shared = [OnnxTokenizer.from_dir(TINY, threads=1, shared_arena=True) for _ in range(2)]  # registered once
+    shared = [OnnxTokenizer.from_pretrained(TINY, threads=1, shared_arena=True) for _ in range(2)]  # registered once
     for t in shared:
         for s in (t.encoder, t.decoder):
             assert s.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"

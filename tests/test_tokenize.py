@@ -31,7 +31,7 @@ PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
 
 @pytest.fixture(scope="module")
 def tok() -> OnnxTokenizer:
-    return OnnxTokenizer.from_dir(TINY)
+    return OnnxTokenizer.from_pretrained(TINY)
 
 
 def read_rows(dst: Path) -> list[dict]:

@@ -12,7 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-MODULES = ["vqtok", "vqtok.tokenizer", "vqtok.tokenizer.preprocess", "vqtok.tokenizer.hub", "vqtok.export",
+MODULES = ["vqtok", "vqtok.tokenizer", "vqtok.tokenizer.contract", "vqtok.tokenizer.preprocess", "vqtok.tokenizer.hub",
+           "vqtok.export",
            "vqtok.export.runtime", "vqtok.server", "vqtok.server.client", "vqtok.server.app", "vqtok.cli",
            "vqtok.pipeline", "vqtok.pipeline.run", "vqtok.pipeline.work", "vqtok.pipeline.local",
            "vqtok.pipeline.detok"]

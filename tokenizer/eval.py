@@ -19,21 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
 from .colour import COLOUR_SET, flat_image, mean_delta_e, mosaics
+from .contract import psnr
 from .data import is_manifest, list_images
 from .model import Tokenizer, to_model_range, to_uint8
 from .perceptual import EffNetLite0, PerceptualDistance, make_perceptual
-from .preprocess import prepare
-
-
-def psnr(real: np.ndarray, recon: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images [H, W, 3] (inf when identical)."""
-    if np.array_equal(real, recon):
-        return math.inf  # skimage divides by zero here (and warns)
-    return float(peak_signal_noise_ratio(real, recon, data_range=255))
+from .preprocess import prepare, save_grid
 
 
 def ssim(real: np.ndarray, recon: np.ndarray) -> float:
@@ -214,16 +207,6 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_grid(extremes: list, path: Path) -> None:
-    """Rows of (real | reconstruction), worst PSNR at the top, best at the bottom, each labelled with its PSNR."""
-    rows = []
-    for value, _, a, b in extremes:
-        row = Image.fromarray(np.concatenate([a, b], axis=1))
-        ImageDraw.Draw(row).text((4, 4), f"{value:.2f} dB", fill=(255, 255, 0))
-        rows.append(np.asarray(row))
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-
-
 def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict[str, Path]:
     """Write `<stem>.json`, `<stem>.md`, `<stem>_grid.png`, `<stem>_usage.png`, `<stem>_psnr.png` and `index.html`
     (`<stem>_index.html` for another stem) into out_dir; returns their paths."""
@@ -237,7 +220,8 @@ def write_reports(result: dict, out_dir: str | Path, stem: str = "eval") -> dict
     public = {k: v for k, v in result.items() if not k.startswith("_")}
     files["json"].write_text(json.dumps(public, indent=2) + "\n")  # inf PSNR is written as Infinity
     files["md"].write_text(markdown_table(result))
-    save_grid(result["_extremes"], files["grid"])
+    kept = result["_extremes"]  # (psnr, index, real, recon), worst first
+    save_grid([(a, b) for _, _, a, b in kept], files["grid"], labels=[f"{v:.2f} dB" for v, _, _, _ in kept])
     plot_code_usage(result["_counts"], files["usage_png"])
     plot_psnr([m["psnr"] for m in result["per_image"]], files["psnr_png"])
     write_index(result, files, files["index"], SUMMARY_KEYS)

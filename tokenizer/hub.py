@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import CONFIG_FILE, ENCODER_FILE, WEIGHTS_FILE
+
 # The shipped models: weights/<id>/ beside the packages (installed with them as package data).
 WEIGHTS_DIR = Path(os.environ.get("VQTOK_WEIGHTS_DIR", Path(__file__).resolve().parent.parent / "weights"))
 DEFAULT_MODEL = "vqtok-f8-k1024"
@@ -24,7 +26,7 @@ def list_models(weights_dir: str | Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and ((p / "config.json").is_file() or (p / "encoder.onnx").is_file()))
+                  if p.is_dir() and ((p / CONFIG_FILE).is_file() or (p / ENCODER_FILE).is_file()))
 
 
 def resolve_model_dir(path_or_id: str | Path, weights_dir: str | Path | None = None) -> Path:
@@ -51,4 +53,4 @@ def read_codebook_sha256(model_dir: str | Path) -> str:
     """Codebook fingerprint of a saved model, read from model.safetensors without torch."""
     from safetensors.numpy import load_file
 
-    return codebook_sha256(load_file(str(Path(model_dir) / "model.safetensors"))["quantizer.codebook"])
+    return codebook_sha256(load_file(str(Path(model_dir) / WEIGHTS_FILE))["quantizer.codebook"])

@@ -5,15 +5,19 @@ Images are float [B, 3, H, W] in [-1, 1]; codes are int64 [B, H/f, W/f] in raste
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .contract import CONFIG_FILE, WEIGHTS_FILE, factor_of, unflatten
 from .hub import codebook_sha256, resolve_model_dir
+from .options import check_fields, from_dict
+from .preprocess import ImageSource, prepare_batch
 from .quantizer import VectorQuantizer
 
 
@@ -30,33 +34,31 @@ class TokenizerConfig:
     normalize_codes: bool = True                  # l2-normalised codes, cosine lookup
     commitment_weight: float = 0.25               # β, on ‖e − sg[q]‖²
     codebook_weight: float = 1.0                  # on ‖sg[e] − q‖² (codebook_update="loss")
-    codebook_init: str = "normal"                 # "normal" | "uniform" (taming's U(−1/K, 1/K))
-    codebook_update: str = "loss"                 # "loss" | "ema"
+    codebook_init: Literal["normal", "uniform"] = "normal"  # "uniform": taming's U(−1/K, 1/K)
+    codebook_update: Literal["loss", "ema"] = "loss"
     ema_decay: float = 0.99
-    gradient: str = "rotation"                    # "rotation" | "ste"
+    gradient: Literal["rotation", "ste"] = "rotation"
     revive_dead_codes: bool = False
     dead_code_threshold: float = 1e-3
     image_size: int = 256                         # S for the `resize` preprocessing policy
     model_id: str = ""
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        if self.gradient not in ("rotation", "ste"):
-            raise ValueError(f"gradient must be 'rotation' or 'ste', got {self.gradient!r}")
+        check_fields(self, "model option")  # types and enums; channel_mult lists become tuples
         if self.image_size % self.factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the factor {self.factor}")
 
     @property
     def factor(self) -> int:
-        return 2 ** (len(self.channel_mult) - 1)
+        return factor_of(self.channel_mult)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"factor": self.factor}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From config.json's dict: unknown keys are an error; `factor` (written by `to_dict`) must agree."""
+        return from_dict(cls, d, "model options", derived={"factor": lambda c: c.factor})
 
     @classmethod
     def llamagen_f16(cls, **kw) -> "TokenizerConfig":
@@ -183,8 +185,20 @@ class Tokenizer(nn.Module):
         return self.decoder(self.post_quant_proj(z_q)), aux
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """float [B, 3, H, W] in [-1, 1] → int64 codes [B, H/f, W/f]."""
+    def encode(self, x: torch.Tensor | ImageSource | Sequence[ImageSource], policy: str = "resize",
+               max_pixels: int | None = None, return_latents: bool = False):
+        """Images → int64 codes [B, H/f, W/f] (a tensor on the model's device).
+
+        `x` is a float tensor [B, 3, H, W] in [-1, 1], or what `OnnxTokenizer.encode` takes (paths, PIL images,
+        bytes, uint8 arrays, one or a list), preprocessed by the same `tokenizer.preprocess.prepare_batch` with
+        `policy` ("resize" | "native") and this model's S and f. `policy`/`max_pixels` apply to the latter only.
+        `return_latents` also returns the encoder's continuous output in code space [B, d, h, w] (l2-normalised
+        when the model normalises codes), the vectors the nearest-code search compares with the codebook.
+        """
+        if not isinstance(x, torch.Tensor):
+            batch, _ = prepare_batch(x, policy, size=self.config.image_size, factor=self.factor,
+                                     max_pixels=max_pixels)
+            x = to_model_range(torch.from_numpy(batch)).to(self.device)
         self._check_image(x)
         # Codes are the model's identity: the whole encode path runs in the weights' precision, never under an
         # ambient autocast (a bf16 encoder alone flips ~0.5% of codes, so "fp32 distance" is not enough).
@@ -194,18 +208,39 @@ class Tokenizer(nn.Module):
         e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
         if self.config.normalize_codes:
             e = F.normalize(e, dim=-1, eps=1e-6)
-        return self.quantizer.nearest(e).view(b, h, w)
+        codes = self.quantizer.nearest(e).view(b, h, w)
+        return (codes, e.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()) if return_latents else codes
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """int codes [B, h, w] in [0, K) → float [B, 3, h·f, w·f] in [-1, 1]."""
+        return self.decoder(self.embed(codes, decoder_input=True)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def decode_sequence(self, tokens: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Token sequences [B, h·w] in raster order → float images [B, 3, h·f, w·f] in [-1, 1].
+
+        `shape` is the code grid's (h, w); default the model's square grid (S/f, S/f).
+        """
+        s = self.config.image_size // self.factor
+        return self.decode(unflatten(torch.as_tensor(tokens), shape or (s, s)))
+
+    def embed(self, codes: torch.Tensor, decoder_input: bool = False) -> torch.Tensor:
+        """int codes [B, h, w] in [0, K) → their codebook vectors [B, d, h, w] (as the decoder sees them), or with
+        `decoder_input` the decoder's input latents [B, latent_channels, h, w] (after `post_quant_proj`)."""
+        codes = torch.as_tensor(codes, device=self.device)
         if codes.dim() != 3:
             raise ValueError(f"expected codes [B, h, w], got shape {tuple(codes.shape)}")
         k = self.config.codebook_size
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= k):
             raise ValueError(f"codes must lie in [0, {k}), got [{int(codes.min())}, {int(codes.max())}]")
         z_q = self.quantizer.embed(codes.long())
-        return self.decoder(self.post_quant_proj(z_q)).clamp(-1, 1)
+        return self.post_quant_proj(z_q) if decoder_input else z_q
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (inputs given as images or numpy codes are moved there)."""
+        return self.quantizer.codebook.device
 
     def codebook_sha256(self) -> str:
         return codebook_sha256(self.quantizer.codebook.detach().float().cpu().numpy())
@@ -217,19 +252,19 @@ class Tokenizer(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"),
+        save_file(state, str(directory / WEIGHTS_FILE),
                   metadata={"codebook_sha256": self.codebook_sha256(), "format": "vqtok"})
         return directory
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path, map_location: str = "cpu") -> "Tokenizer":
         directory = resolve_model_dir(path_or_id)
-        weights = directory / "model.safetensors"
+        weights = directory / WEIGHTS_FILE
         if not weights.is_file():
-            raise FileNotFoundError(f"{directory} has no model.safetensors; it holds {sorted(p.name for p in directory.iterdir())}")
-        config = TokenizerConfig.from_dict(json.loads((directory / "config.json").read_text()))
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}; it holds {sorted(p.name for p in directory.iterdir())}")
+        config = TokenizerConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
         model = cls(config)
         model.load_state_dict(load_file(str(weights), device=map_location))
         return model.eval()

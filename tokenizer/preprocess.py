@@ -14,12 +14,13 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-POLICIES = ("resize", "native")
+from .contract import POLICIES, cover_crop
+
 ImageSource = Union[Image.Image, np.ndarray, bytes, str, Path, BinaryIO]
 
 
@@ -37,12 +38,13 @@ class ImageTooLarge(ValueError):
 
 @dataclass(frozen=True)
 class Crop:
-    """What `restore` needs to undo `prepare`: the valid region of the model input and the source size."""
+    """What `restore` needs to undo `prepare`: the valid region of the model input and the source size, each
+    (height, width) like every array shape here."""
 
     height: int
     width: int
-    source_width: int
     source_height: int
+    source_width: int
 
 
 def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
@@ -129,8 +131,7 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
     if policy == "resize":
         if size % factor:
             raise ValueError(f"size {size} must be a multiple of the model factor {factor}")
-        scale = size / min(sw, sh)
-        nw, nh = max(size, round(sw * scale)), max(size, round(sh * scale))
+        nw, nh, _, _ = cover_crop(sw, sh, size, size)
         # The source limit must hold for the scaled copy too: a 96-byte 4000×1 PNG scaled to a 256-pixel shorter
         # side is 1,024,000×256 (~0.8 GB) before the crop.
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
@@ -138,16 +139,68 @@ def prepare(src: ImageSource, policy: str = "resize", size: int = 256, factor: i
             raise ImageTooLarge(f"a {sw}×{sh} image scaled to a {size}-pixel shorter side would be {nw}×{nh} = "
                                 f"{nw * nh} pixels, over the limit of {limit}: its aspect ratio is too extreme for "
                                 f"policy 'resize'; crop it closer to square first")
-        if (nw, nh) != (sw, sh):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        arr = np.asarray(img.crop((left, top, left + size, top + size)))
-        return np.ascontiguousarray(arr), Crop(size, size, sw, sh)
+        return fit(img, size, size), Crop(size, size, sh, sw)
     arr = np.asarray(img)
     ph, pw = -sh % factor, -sw % factor
     if ph or pw:
         arr = np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="edge")
-    return np.ascontiguousarray(arr), Crop(sh, sw, sw, sh)
+    return np.ascontiguousarray(arr), Crop(sh, sw, sh, sw)
+
+
+def prepare_batch(images: ImageSource | Sequence[ImageSource], policy: str = "resize", size: int = 256,
+                  factor: int = 8, max_pixels: int | None = None) -> tuple[np.ndarray, list[Crop]]:
+    """One image, a list of them, or a uint8 [B, H, W, 3] array → (uint8 [B, H, W, 3] batch, crops), by `prepare`.
+
+    The entry of both tokenizers (`OnnxTokenizer.encode`, `Tokenizer.encode` given images). `native` keeps each
+    image's size (padded to a multiple of f), so one batch must share one padded size.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if isinstance(images, np.ndarray):
+        items = list(images) if images.ndim == 4 else [images]
+    else:
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images given")
+    pairs = [prepare(src, policy=policy, size=size, factor=factor, max_pixels=max_pixels) for src in items]
+    shapes = {a.shape for a, _ in pairs}
+    if len(shapes) > 1:
+        raise ValueError(f"policy 'native' gave images of different sizes {sorted(shapes)}; encode them one "
+                         "call each, or use policy 'resize'")
+    return np.stack([a for a, _ in pairs]), [c for _, c in pairs]
+
+
+def fit(img: Image.Image, height: int, width: int) -> np.ndarray:
+    """RGB image → uint8 [height, width, 3]: scale to cover (bicubic), centre crop (`resize` for any aspect)."""
+    nw, nh, left, top = cover_crop(img.width, img.height, height, width)
+    if (nw, nh) != img.size:
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    return np.ascontiguousarray(np.asarray(img.crop((left, top, left + width, top + height))))
+
+
+def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, labels: Sequence[str] | None = None,
+              cols: int | None = None) -> Path:
+    """One PNG of uint8 [H, W, 3] images (all one size), a row per entry of `rows`, `cols` wide (default: the
+    longest row; short rows are padded white), each row optionally labelled at its top left. Evaluation (real | reconstruction, PSNR), training grids and the
+    generation example all write their grids with it."""
+    from PIL import ImageDraw
+
+    rows = [list(r) for r in rows]
+    if not rows or not rows[0]:
+        raise ValueError("save_grid needs at least one image")
+    h, w, _ = rows[0][0].shape
+    cols = max([len(r) for r in rows] + [cols or 0])
+    canvas = Image.new("RGB", (cols * w, len(rows) * h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(im), "RGB"), (j * w, i * h))
+        if labels is not None:
+            draw.text((4, i * h + 4), labels[i], fill=(255, 255, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
 
 
 def restore(arr: np.ndarray, crop: Crop | None = None) -> Image.Image:

@@ -14,18 +14,20 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 
 from .data import CropDataset, ResumableSampler, collate_skip_none, list_images
 from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss
 from .model import Tokenizer, TokenizerConfig, to_uint8
+from .options import check_fields, from_dict
 from .perceptual import make_perceptual
+from .preprocess import save_grid
 
 log = logging.getLogger("vqtok.train")
 
@@ -50,9 +52,9 @@ class TrainConfig:
     warmup: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    recon: str = "l1"                   # "l1" | "l2"
+    recon: Literal["l1", "l2"] = "l1"
     recon_weight: float = 1.0
-    perceptual: str = "effnet"          # "effnet" | "lpips" | "none"
+    perceptual: Literal["effnet", "lpips", "none"] = "effnet"
     perceptual_weight: float = 0.1
     disc_start: int = 10**9             # step at which the GAN loss switches on
     disc_weight: float = 0.1
@@ -64,21 +66,18 @@ class TrainConfig:
     grid_every: int = 250
     workers: int = 1
     seed: int = 0
-    device: str = "auto"                # "auto" | "cpu" | "cuda"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0                    # torch intra-op threads on CPU (0: torch's default)
     progress: bool = True
 
+    def __post_init__(self):
+        check_fields(self, "training option")  # types and enums: `--set lr="abc"` stops here, not in AdamW
+        TokenizerConfig.from_dict(self.model)  # the model options too, before any data is read
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown training options {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        for key in ("scale", "betas", "saturation"):
-            if key in d:
-                d[key] = tuple(d[key])
-        return cls(**d)
+        """From a --config file / CLI overrides: unknown keys, wrong types and values outside an enum are errors."""
+        return from_dict(cls, d, "training options")
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -103,11 +102,10 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state(s["cuda"])
 
 
-def save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) -> None:
-    """PNG with rows of (input | reconstruction)."""
-    pairs = torch.cat([to_uint8(real[:n]), to_uint8(recon[:n].detach().float())], dim=2)  # [n, H, 2W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(torch.cat(list(pairs), dim=0).cpu().numpy()).save(path)
+def _save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) -> None:
+    """rows of (input | reconstruction) of the last batch, by `preprocess.save_grid`."""
+    real_u8, recon_u8 = to_uint8(real[:n]).cpu().numpy(), to_uint8(recon[:n].detach().float()).cpu().numpy()
+    save_grid(list(zip(real_u8, recon_u8)), path)
 
 
 class Trainer:
@@ -276,7 +274,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.3f}", usage=f"{last['usage']:.2f}", img_s=f"{rate:.1f}")
                 if cfg.grid_every and self.step % cfg.grid_every == 0:
-                    save_grid(*self._last, self.out / "grids" / f"step_{self.step:06d}.png")
+                    _save_grid(*self._last, self.out / "grids" / f"step_{self.step:06d}.png")
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
         if bar is not None:

@@ -7,6 +7,8 @@ Importing `vqtok` is cheap and never imports torch; each name loads its module o
     vqtok.Tokenizer            the PyTorch model (`vqtok.tokenizer.model`, needs torch: `pip install vqtok[train]`)
     vqtok.TokenizerConfig      its config dataclass
     vqtok.DEFAULT_MODEL        the id of the shipped default model
+    vqtok.flatten, unflatten   code grids [B, h, w] ⇄ raster-order token sequences [B, h·w] (numpy or torch;
+                               docs/TOKENS.md)
 
 Sub-packages: `vqtok.tokenizer` (model, quantizer, training, eval), `vqtok.export` (ONNX export and runtime),
 `vqtok.server` (LitServe app and client), `vqtok.pipeline` (dataset tokenization), `vqtok.cli` (the command line).
@@ -28,6 +30,8 @@ _LAZY = {
     "Tokenizer": "vqtok.tokenizer.model",
     "TokenizerConfig": "vqtok.tokenizer.model",
     "OnnxTokenizer": "vqtok.export.runtime",
+    "flatten": "vqtok.tokenizer.contract",
+    "unflatten": "vqtok.tokenizer.contract",
     "Client": "vqtok.server.client",
     "AsyncClient": "vqtok.server.client",
 }

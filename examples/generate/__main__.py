@@ -13,10 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from vqtok import OnnxTokenizer
 from vqtok.pipeline.run import tokenize_dataset
+from vqtok.tokenizer.preprocess import save_grid
 
 from .data import load_tokens, unigram_bits
 from .prior import Prior, PriorConfig, train_prior
-from .sample import check_codes, decode_in_process, decode_with_server, sample, save_grid
+from .sample import check_codes, decode_in_process, decode_with_server, sample
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +43,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    tok = OnnxTokenizer.from_dir(args.model)
+    tok = OnnxTokenizer.from_pretrained(args.model)
     sha = tok.metadata.codebook_sha256
     sets = {}
     for split, src in (("train", args.train), ("val", args.val)):  # resumable: a finished split is reused
@@ -66,10 +67,10 @@ def run(args: argparse.Namespace) -> dict:
                         train.grid, train.codebook_size)
     np.save(out / "samples.npy", grids)
     images = decode_in_process(grids, tok)
-    save_grid(images, out / "samples.png")
+    save_grid(_rows(images), out / "samples.png", cols=4)
     if args.server:
         served = decode_with_server(grids, args.server, sha)
-        save_grid(served, out / "samples_server.png")
+        save_grid(_rows(served), out / "samples_server.png", cols=4)
     entropy, cross = unigram_bits(train.codes, val.codes, train.codebook_size)
     report = {"prior": args.prior, "model": tok.metadata.model_id, "codebook_sha256": sha, "grid": train.grid,
               "train_sequences": len(train.codes), "val_sequences": len(val.codes),
@@ -82,6 +83,11 @@ def run(args: argparse.Namespace) -> dict:
     print(f"val {report['val_bits_per_token']:.3f} bits/token vs unigram {cross:.3f} (entropy {entropy:.3f}, "
           f"uniform {report['uniform_bits']:.1f}); samples in {out / 'samples.png'}")
     return report
+
+
+def _rows(images: np.ndarray, cols: int = 4) -> list:
+    """uint8 [n, H, W, 3] → rows of `cols` images for `save_grid`."""
+    return [images[i:i + cols] for i in range(0, len(images), cols)]
 
 
 def load_prior(folder: Path) -> Prior:

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .prior import Prior
 
@@ -79,15 +77,3 @@ def decode_with_server(grids: np.ndarray, url: str, codebook_sha256: str) -> np.
 def decode_in_process(grids: np.ndarray, tokenizer) -> np.ndarray:
     """Decode with an `OnnxTokenizer` in this process."""
     return tokenizer.decode(grids)
-
-
-def save_grid(images: np.ndarray, path: str | Path, cols: int = 4) -> Path:
-    """uint8 [n, H, W, 3] → one PNG, `cols` images a row."""
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / cols)
-    canvas = np.full((rows * h, cols * w, 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        r, c = divmod(i, cols)
-        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = im
-    Image.fromarray(canvas).save(path)
-    return Path(path)

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from vqtok.tokenizer.contract import POLICIES
+
 HELP = "Encode images to code grids (.npy or JSON lines), locally with ONNX Runtime or via a vqtok server."
 
 
@@ -29,7 +31,7 @@ class LocalBackend:
         from vqtok.export.runtime import OnnxTokenizer
         from vqtok.tokenizer.hub import DEFAULT_MODEL
 
-        self.tok = OnnxTokenizer.from_dir(model or DEFAULT_MODEL, device=device)
+        self.tok = OnnxTokenizer.from_pretrained(model or DEFAULT_MODEL, device=device)
         self.model = self.tok.metadata.model_id
 
     def encode(self, image: str, policy: str):
@@ -89,7 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMG", help="image files")
     p.add_argument("-o", "--output", help="a .npy file (one image) or a folder for <stem>.npy files; "
                    "default: print one JSON line per image")
-    p.add_argument("--policy", choices=["resize", "native"], default="resize",
+    p.add_argument("--policy", choices=POLICIES, default="resize",
                    help="resize: the model's square size; native: keep the pixels (padded to a multiple of f)")
     add_backend_arguments(p)
 

@@ -15,32 +15,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def describe(model: str) -> dict:
     """Everything `info` prints, read without torch (safetensors' numpy loader and onnx metadata)."""
-    from pathlib import Path
-
     import numpy as np
     from safetensors.numpy import load_file
 
+    from vqtok.tokenizer.contract import CONFIG_FILE, WEIGHTS_FILE, factor_of, graph_files, read_metadata
     from vqtok.tokenizer.hub import codebook_sha256, resolve_model_dir
 
     d = resolve_model_dir(model)
     out: dict = {"path": str(d)}
-    if (d / "config.json").is_file():
-        cfg = json.loads((d / "config.json").read_text())
+    if (d / CONFIG_FILE).is_file():
+        cfg = json.loads((d / CONFIG_FILE).read_text())
         out["config"] = cfg
-        out["factor"] = 2 ** (len(cfg["channel_mult"]) - 1)
+        out["factor"] = factor_of(cfg["channel_mult"])
         out["codebook_size"] = cfg["codebook_size"]
         out["code_dim"] = cfg["code_dim"]
-    if (d / "model.safetensors").is_file():
-        tensors = load_file(str(d / "model.safetensors"))
+    if (d / WEIGHTS_FILE).is_file():
+        tensors = load_file(str(d / WEIGHTS_FILE))
         out["parameters"] = int(sum(np.prod(v.shape) for k, v in tensors.items() if not k.startswith("quantizer.ema_")))
         out["codebook_sha256"] = codebook_sha256(tensors["quantizer.codebook"])
     onnx_meta = {}
-    for name in ("encoder.onnx", "decoder.onnx"):
+    for name in graph_files():
         if (d / name).is_file():
-            import onnx
-
-            m = onnx.load(str(Path(d / name)), load_external_data=False)
-            onnx_meta[name] = {p.key: p.value for p in m.metadata_props}
+            onnx_meta[name] = read_metadata(d / name)
     if onnx_meta:
         out["onnx"] = onnx_meta
     return out

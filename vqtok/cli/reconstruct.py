@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from vqtok.tokenizer.contract import POLICIES
+
 from .encode import add_backend_arguments, open_backend
 
 HELP = "Encode then decode an image (locally or via a vqtok server); save the result and print its PSNR."
@@ -11,21 +13,15 @@ HELP = "Encode then decode an image (locally or via a vqtok server); save the re
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", metavar="IMG")
     p.add_argument("-o", "--output", required=True, help="output image (PNG recommended)")
-    p.add_argument("--policy", choices=["resize", "native"], default="resize")
+    p.add_argument("--policy", choices=POLICIES, default="resize")
     add_backend_arguments(p)
-
-
-def psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vqtok.server.client import VqtokError
+    from vqtok.tokenizer.contract import psnr
     from vqtok.tokenizer.preprocess import prepare
 
     backend = open_backend(args)

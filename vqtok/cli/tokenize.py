@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vqtok.tokenizer.contract import POLICIES
+
 HELP = "Tokenize a dataset (folder, path list, WebDataset tars) into resumable Parquet shards of codes."
 
 
@@ -13,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or a text file of image paths")
     p.add_argument("dst", help="output folder for shard-*.parquet, manifest.json, errors.jsonl; rerun to resume")
     p.add_argument("--model", default=None, help="model folder or shipped model id (default: the default model)")
-    p.add_argument("--policy", choices=("resize", "native"), default="resize",
+    p.add_argument("--policy", choices=POLICIES, default="resize",
                    help="resize: shorter side to S and centre crop S×S; native: pad to a multiple of f")
     p.add_argument("--size", type=int, default=None, help="S for --policy resize (default: the model's image size)")
     p.add_argument("--batch-size", type=int, default=32, help="images per ONNX Runtime call (default 32)")
