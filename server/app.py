@@ -39,7 +39,7 @@ from . import metrics, page, patches, telemetry
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .docs import install_docs
-from .edge import Limits
+from .edge import MAX_ITEMS, Limits
 from .errors import ApiError, install_error_handlers
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
 from .registry import Registry
@@ -59,9 +59,12 @@ class Settings:
     batch_timeout: float = 0.002  # seconds a batch waits to fill (bench: 10 ms cost p50 at c=1 more than it gained)
     max_pixels: int = 4096 * 4096  # decoded source images and decoded outputs
     max_body_mb: float = 32.0
+    max_items: int = MAX_ITEMS  # images (or code grids) in one multi-item request
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
+    polling_loop: bool = False  # LitServe's own batch collection (polls every 1 ms): only to measure against
+    png_in_worker: bool = False  # PNG replies encoded in the worker instead of the HTTP process: to measure against
     fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
@@ -74,7 +77,7 @@ class Settings:
     @property
     def limits(self) -> Limits:
         return Limits(max_body_bytes=int(self.max_body_mb * 2**20), max_pixels=int(self.max_pixels),
-                      large_slots=self.large_slots)
+                      max_items=int(self.max_items), large_slots=self.large_slots)
 
 
 def visible_gpus() -> int:
@@ -123,7 +126,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         self.telemetry = telemetry.Telemetry(registry, metrics.get().path, settings.telemetry_window)
         threads = threads_per_worker(settings, devices)
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
-                    settings.ort_batch) for cls in API_CLASSES]
+                    settings.ort_batch, settings.polling_loop, settings.png_in_worker) for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
                          timeout=settings.timeout, model_metadata=registry.describe(), restart_workers=True,
