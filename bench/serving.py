@@ -193,7 +193,10 @@ async def _load(url: str, path: str, kw: dict, concurrency: int, max_requests: i
     async with httpx.AsyncClient(base_url=url, timeout=120.0, limits=limits) as client:
         async def one() -> tuple[float, int, int]:
             t0 = time.perf_counter()
-            r = await client.post(path, **kw)
+            try:
+                r = await client.post(path, **kw)
+            except httpx.TransportError:  # a dropped connection counts as an error, not the end of the run
+                return time.perf_counter() - t0, 0, 0
             return time.perf_counter() - t0, r.status_code, len(r.content)
 
         await asyncio.gather(*(one() for _ in range(warmup)))  # connections up, one batch through

@@ -25,9 +25,9 @@ from vqtok.export.graph_rewrite import fuse_group_norm_affine
 from vqtok.tokenizer.contract import (DECODER_FILE, ENCODER_FILE, ModelMetadata, default_max_side, graph_files,
                                      optimized_name, psnr, read_metadata)
 from vqtok.tokenizer.model import AttnBlock, Tokenizer
+from vqtok.tokenizer.quantizer import code_distances, search_vectors
 
 DEFAULT_OPSET = 18
-EPS = 1e-6  # same eps as tokenizer.quantizer
 
 
 # -- graph modules ---------------------------------------------------------------------------------------------
@@ -74,9 +74,7 @@ class EncoderGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1.0             # [B, 3, H, W] in [-1, 1]
         z = self.quant_proj(self.encoder(x).float()).permute(0, 2, 3, 1)           # [B, h, w, d] fp32
-        if self.normalize:
-            z = F.normalize(z, dim=-1, eps=EPS)
-        dist = self.table_sq - 2 * z @ self.table_t                                # [B, h, w, K], as quantizer.nearest
+        dist = code_distances(search_vectors(z, self.normalize), self.table_t, self.table_sq)  # [B, h, w, K]
         return dist.argmin(dim=-1).to(torch.int32)
 
 
@@ -126,6 +124,7 @@ def metadata(model: Tokenizer, model_id: str, precision: str, opset: int, max_si
     return {
         **core.to_props(),
         "graph": graph,
+        "origin": cfg.origin,  # imported weights: format, source file, sha256 (empty: trained by vqtok)
         **{f"input_{k}": v for k, v in inp.items()},
         **{f"output_{k}": v for k, v in out.items()},
         "code_dtype": "int32",
@@ -259,13 +258,9 @@ def _torch_distances(model: Tokenizer, images: np.ndarray) -> torch.Tensor:
     """fp32 distances [B, h, w, K] exactly as `Tokenizer.encode` computes them before its argmin."""
     from vqtok.tokenizer.model import to_model_range
 
-    z = model.quant_proj(model.encoder(to_model_range(torch.from_numpy(images))))
-    b, d, h, w = z.shape
-    e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
-    if model.config.normalize_codes:
-        e = F.normalize(e, dim=-1, eps=EPS)
-    cb = model.quantizer.lookup_table()
-    return ((cb * cb).sum(-1)[None, :] - 2 * e @ cb.t()).view(b, h, w, -1)
+    b, hh, ww = images.shape[0], images.shape[1] // model.factor, images.shape[2] // model.factor
+    e = model.search_vectors(to_model_range(torch.from_numpy(images)))
+    return model.quantizer.distances(e).view(b, hh, ww, -1)
 
 
 def _chunks(n: int, size: int):

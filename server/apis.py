@@ -27,16 +27,22 @@ import litserve as ls
 import numpy as np
 from PIL import Image
 from starlette.requests import Request
+from starlette.responses import Response
 
 from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics, telemetry
-from .edge import Limits, image_bytes, lookup_model, parse_body, parse_codes, prepare_image, text_field
-from .errors import ApiError
+from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
+                   text_field)
+from .errors import ApiError, bad_request, error_response
 from .guards import name_process, watch_parent
+from .patches import BlockingBatchedLoop
 from .registry import Registry
 
 logger = logging.getLogger("vqtok.server")
+
+
+IMAGE_FORMATS = ("png", "json", "npy")  # replies of decode and reconstruct
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
@@ -53,6 +59,12 @@ def failed(message: str = "inference failed; the server log has the details") ->
     return {"status": 500, "code": "internal_error", "message": message}
 
 
+def png_later(img: np.ndarray, headers: dict) -> dict:
+    """A PNG reply whose encoding is left to the HTTP process (`TokenizerAPI.respond`): the inference worker, which
+    runs one batch at a time, goes back to the model instead of spending ~4 ms per 256² image in zlib."""
+    return {"status": 200, "png": np.ascontiguousarray(img), "media_type": "image/png", "headers": headers}
+
+
 class TokenizerAPI(ls.LitAPI):
     """Shared parts: model loading per worker, batching by (model, shape), failure isolation."""
 
@@ -64,10 +76,15 @@ class TokenizerAPI(ls.LitAPI):
     graphs: tuple[str, ...] = ("encoder", "decoder")  # the ONNX graphs this endpoint's workers load
 
     def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
-                 threads: int | None = None, ort_batch: int | None = None) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=f"/v1/{self.endpoint}")
+                 threads: int | None = None, ort_batch: int | None = None, polling_loop: bool = False,
+                 png_in_worker: bool = False) -> None:
+        # LitServe's loop polls the request queue every 1 ms; ours waits (patches.BlockingBatchedLoop)
+        loop = BlockingBatchedLoop() if max_batch_size > 1 and not polling_loop else "auto"
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=f"/v1/{self.endpoint}",
+                         loop=loop)
         self.registry, self.limits, self.threads = registry, limits, threads
         self.ort_batch = ort_batch  # images per ONNX Runtime call; None: decided in setup() by the device
+        self.png_in_worker = png_in_worker  # PNG replies encoded by the worker (before 2026-12-01), not the edge
         self.models: dict = {}
 
     # -- worker half ------------------------------------------------------------------------------------------------
@@ -116,34 +133,66 @@ class TokenizerAPI(ls.LitAPI):
     def encode_response(self, output: dict) -> dict:
         return output
 
-    def run_batch(self, items: list[dict]) -> list[dict]:
-        metrics.get().batch_size.labels(self.api_path).observe(len(items))
-        results: list[dict] = [failed()] * len(items)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, item in enumerate(items):
-            groups[(item["model"], item[self.shape_key].shape)].append(i)
-        for (mid, _), index in groups.items():
+    def run_batch(self, requests: list[dict]) -> list[dict]:
+        """A dynamic batch of requests → one result dict each. A multi-item request (`"items"` in its payload)
+        contributes each good item; items run grouped by (model, shape) whatever request they came from."""
+        units: list[tuple[int, int, dict]] = []  # (request, item, the item with its request's options)
+        for r, req in enumerate(requests):
+            if "items" in req:
+                common = {k: v for k, v in req.items() if k != "items"}
+                units += [(r, k, {**common, **it}) for k, it in enumerate(req["items"]) if "error" not in it]
+            else:
+                units.append((r, 0, req))
+        metrics.get().batch_size.labels(self.api_path).observe(len(units))
+        outs: dict[tuple[int, int], Any] = {}
+        groups: dict[tuple, list[tuple[int, int, dict]]] = defaultdict(list)
+        for u in units:
+            groups[(u[2]["model"], u[2][self.shape_key].shape)].append(u)
+        for (mid, _), group in groups.items():
             start = time.perf_counter()
             try:
-                outs = self.run_group(mid, [items[i] for i in index])
+                arrays = self.run_group(mid, [u[2] for u in group])
             except Exception:
-                logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(index))
-                outs = [self._run_alone(mid, items[i]) for i in index]
+                logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(group))
+                arrays = [self._run_alone(mid, u[2]) for u in group]
             metrics.get().inference.labels(self.api_path, mid).observe(time.perf_counter() - start)
-            for i, out in zip(index, outs):
-                results[i] = out
+            for (r, k, _), out in zip(group, arrays):
+                outs[r, k] = out
+        results = []
+        for r, req in enumerate(requests):
+            if "items" not in req:
+                out = outs.get((r, 0))
+                results.append(failed() if out is None else self.reply(req["model"], req, out))
+                continue
+            entries = []
+            for k, it in enumerate(req["items"]):
+                out = outs.get((r, k))
+                entries.append(it if "error" in it else
+                               {"error": {"code": "internal_error", "message": failed()["message"]}, "status": 500}
+                               if out is None else self.entry(req["model"], {**req, **it}, out))
+            results.append(ok(json.dumps({"results": entries}).encode(), "application/json",
+                              {"X-Vqtok-Model": req["model"]}))
         return results
 
-    def _run_alone(self, mid: str, item: dict) -> dict:
+    def _run_alone(self, mid: str, item: dict) -> Any:
         try:
             return self.run_group(mid, [item])[0]
         except Exception:
-            logger.exception("%s: request failed in the model", self.api_path)
-            return failed()
+            logger.exception("%s: an item failed in the model", self.api_path)
+            return None
 
     shape_key = "image"
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list:
+        """The model outputs of items that share a model and input shape (codes or images), one per item."""
+        raise NotImplementedError
+
+    def reply(self, mid: str, item: dict, out: np.ndarray) -> dict:
+        """The HTTP result of a single-item request."""
+        raise NotImplementedError
+
+    def entry(self, mid: str, item: dict, out: np.ndarray) -> dict:
+        """One item's JSON entry in the `{"results": [...]}` reply of a multi-item request."""
         raise NotImplementedError
 
     def chunks(self, n: int) -> list[slice]:
@@ -173,6 +222,11 @@ class TokenizerAPI(ls.LitAPI):
     _large_gate: asyncio.Semaphore | None = None  # made on first use, in the HTTP process (after the fork)
 
     def payload_pixels(self, payload: dict) -> int:
+        """Pixels of the request's image (its largest good item's for a multi-item request: many S×S items still run
+        as S×S calls)."""
+        if "items" in payload:
+            good = [{"model": payload["model"], **it} for it in payload["items"] if "error" not in it]
+            return max((self.payload_pixels(it) for it in good), default=0)
         if "image" in payload:
             return payload["image"].shape[0] * payload["image"].shape[1]
         h, w = payload["codes"].shape
@@ -202,25 +256,46 @@ class TokenizerAPI(ls.LitAPI):
     async def parse(self, request: Request) -> dict:
         raise NotImplementedError
 
+    async def respond(self, result: dict) -> Response:
+        """A worker's result → the HTTP response (PNG replies are encoded here, in a thread: zlib releases the GIL)."""
+        if result.get("status") != 200:
+            return error_response(result.get("status", 500), result.get("message", "request failed"),
+                                  result.get("code"))
+        body = result["body"] if "png" not in result else await asyncio.to_thread(png_bytes, result["png"])
+        return Response(body, media_type=result["media_type"], headers=result.get("headers"))
+
     async def parse_image(self, request: Request, formats: tuple[str, ...]) -> dict:
         body = await parse_body(request, self.limits, "image")
         entry = lookup_model(request, self.registry, body.fields)
         policy = text_field(body.fields, "policy", "resize", POLICIES)
         fmt = text_field(body.fields, "format", formats[0], formats)
+        payload = {"model": entry.id, "policy": policy, "format": fmt}
         # input=png: the JSON reply also carries the preprocessed image, as the model saw it (the web page shows it)
-        with_input = text_field(body.fields, "input", "none", ("none", "png")) == "png"
-        data = image_bytes(body)
-        arr, valid = await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
-        return {"model": entry.id, "image": arr, "valid": valid, "policy": policy, "format": fmt, "input": with_input}
+        payload["input"] = text_field(body.fields, "input", "none", ("none", "png")) == "png"
+        blobs = image_items(body, self.limits)
+        if blobs is None:
+            arr, valid = await asyncio.to_thread(prepare_image, image_bytes(body), entry, policy, self.limits)
+            return payload | {"image": arr, "valid": valid}
+        if fmt not in self.multi_formats:
+            raise bad_request(f"format {fmt!r} takes one image per request; a multi-image request replies JSON "
+                              f"(format {' or '.join(self.multi_formats)})", "invalid_parameter")
+        items = await asyncio.to_thread(_prepare_all, blobs, entry, policy, self.limits)
+        return payload | {"items": items}
+
+    multi_formats: tuple[str, ...] = IMAGE_FORMATS  # formats a multi-item request may ask for (its reply is JSON)
 
 
 _IMAGE_BODY = {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+        "image": {"type": "string", "format": "binary", "description": "repeat the part for several images"},
+        "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
         "input": {"type": "string", "enum": ["none", "png"]}}}},
-    "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-        "image": {"type": "string", "description": "base64 image bytes"}, "model": {"type": "string"},
+    "application/json": {"schema": {"type": "object", "properties": {
+        "image": {"type": "string", "format": "byte", "minLength": 4, "description": "base64 image bytes"},
+        "images": {"type": "array", "items": {"type": "string"}, "description": "several base64 images: the reply "
+                   "is {\"results\": [...]}, one entry per image in order (at most --max-items)"},
+        "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
         "input": {"type": "string", "enum": ["none", "png"]}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -228,7 +303,9 @@ _IMAGE_BODY = {
 
 
 _IMAGE_REPLY = {"image/png": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"type": "object", "required": ["image", "width", "height"]}}}
+                "application/json": {"schema": {"type": "object", "description": "{image, width, height}, or "
+                                                "{results: [...]} for a multi-item request"}},
+                "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
 
 
 class EncodeAPI(TokenizerAPI):
@@ -236,91 +313,143 @@ class EncodeAPI(TokenizerAPI):
     graphs = ("encoder",)
     summary = "Image → code grid (JSON, or int64 .npy with format=npy)"
     request_body = _IMAGE_BODY
-    reply_types = {"application/json": {"schema": {"type": "object", "required": ["codes", "shape"]}},
+    reply_types = {"application/json": {"schema": {"type": "object", "description": "{codes, shape, ...}, or "
+                                                   "{results: [...]} for a multi-item request"}},
                    "application/x-npy": {"schema": {"type": "string", "format": "binary"}}}
 
     async def parse(self, request: Request) -> dict:
         return await self.parse_image(request, ("json", "npy"))
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    multi_formats = ("json",)
+
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         codes = self.encode_items(mid, items)
-        entry, out = self.registry.models[mid], []
-        for item, grid in zip(items, codes):
-            h, w = grid.shape
-            headers = {"X-Vqtok-Model": mid, "X-Vqtok-Codebook-Sha256": entry.codebook_sha256,
-                       "X-Vqtok-Shape": f"{h},{w}"}
-            if item["format"] == "npy":
-                buf = io.BytesIO()
-                np.save(buf, grid.astype(np.int64))
-                out.append(ok(buf.getvalue(), "application/x-npy", headers))
-            else:
-                reply = {"model": mid, "codebook_size": entry.codebook_size, "codebook_sha256": entry.codebook_sha256,
-                         "factor": entry.factor, "policy": item["policy"], "input_size": list(item["valid"]),
-                         "shape": [h, w], "codes": grid.tolist()}
-                if item.get("input"):
-                    vh, vw = item["valid"]
-                    reply["input_png"] = base64.b64encode(png_bytes(item["image"][:vh, :vw])).decode("ascii")
-                out.append(ok(json.dumps(reply).encode(), "application/json", headers))
         self.count(mid, len(items), int(codes.size))
+        return list(codes)
+
+    def entry(self, mid: str, item: dict, grid: np.ndarray) -> dict:
+        e = self.registry.models[mid]
+        out = {"model": mid, "codebook_size": e.codebook_size, "codebook_sha256": e.codebook_sha256,
+               "factor": e.factor, "policy": item["policy"], "input_size": list(item["valid"]),
+               "shape": list(grid.shape), "codes": grid.tolist()}
+        if item.get("input"):
+            vh, vw = item["valid"]
+            out["input_png"] = base64.b64encode(png_bytes(item["image"][:vh, :vw])).decode("ascii")
         return out
+
+    def reply(self, mid: str, item: dict, grid: np.ndarray) -> dict:
+        h, w = grid.shape
+        headers = {"X-Vqtok-Model": mid, "X-Vqtok-Codebook-Sha256": self.registry.models[mid].codebook_sha256,
+                   "X-Vqtok-Shape": f"{h},{w}"}
+        if item["format"] == "npy":
+            buf = io.BytesIO()
+            np.save(buf, grid.astype(np.int64))
+            return ok(buf.getvalue(), "application/x-npy", headers)
+        return ok(json.dumps(self.entry(mid, item, grid)).encode(), "application/json", headers)
 
 
 class DecodeAPI(TokenizerAPI):
     endpoint = "decode"
     graphs = ("decoder",)
-    summary = "Code grid → PNG (or JSON with a base64 PNG with format=json)"
+    summary = "Code grid → PNG (JSON with a base64 PNG with format=json, raw uint8 [H, W, 3] .npy with format=npy)"
     reply_types = _IMAGE_REPLY
     error_statuses = (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
     shape_key = "codes"
     request_body = {
         "application/json": {"schema": {"type": "object", "required": ["codes"], "properties": {
-            "codes": {"type": "array", "description": "[[...]] grid, or a flat list with 'shape'"},
+            "codes": {"type": "array", "description": "[[...]] grid, a flat list with 'shape', or a list of grids "
+                      "(reply {\"results\": [...]})"},
             "shape": {"type": "array", "items": {"type": "integer"}}, "model": {"type": "string"},
-            "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": ["png", "json"]}}}},
+            "codebook_sha256": {"type": "string"}, "format": {"type": "string", "enum": list(IMAGE_FORMATS)}}}},
         "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
     }
 
     async def parse(self, request: Request) -> dict:
         body = await parse_body(request, self.limits, "codes")
         entry = lookup_model(request, self.registry, body.fields)
-        fmt = text_field(body.fields, "format", "png", ("png", "json"))
+        fmt = text_field(body.fields, "format", "png", IMAGE_FORMATS)
         codes = await asyncio.to_thread(parse_codes, body, entry, self.limits)
+        if isinstance(codes, list):
+            return {"model": entry.id, "format": fmt, "items": [
+                item_error(c) if isinstance(c, ApiError) else {"codes": c} for c in codes]}
         return {"model": entry.id, "codes": codes, "format": fmt}
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         grids, tok = np.stack([it["codes"] for it in items]), self.models[mid]
         release = self.outlier(mid, grids.shape[1] * grids.shape[2] * self.registry.models[mid].factor ** 2)
         images = np.concatenate([tok.decode(grids[c], release) for c in self.chunks(len(grids))])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
-        return [image_reply(mid, img, it["format"]) for it, img in zip(items, images)]
+        return list(images)
+
+    def reply(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_reply(mid, img, item["format"], self.png_in_worker)
+
+    def entry(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_entry(mid, img, item["format"])
 
 
 class ReconstructAPI(TokenizerAPI):
     endpoint = "reconstruct"
-    summary = "Image → encode → decode → PNG (or JSON with a base64 PNG with format=json)"
+    summary = "Image → encode → decode → PNG (or format=json / npy as for decode)"
     request_body = _IMAGE_BODY
     reply_types = _IMAGE_REPLY
 
     async def parse(self, request: Request) -> dict:
-        return await self.parse_image(request, ("png", "json"))
+        return await self.parse_image(request, IMAGE_FORMATS)
 
-    def run_group(self, mid: str, items: list[dict]) -> list[dict]:
+    def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         codes, tok = self.encode_items(mid, items), self.models[mid]
         release = self.outlier(mid, items[0]["image"].shape[0] * items[0]["image"].shape[1])
         images = np.concatenate([tok.decode(codes[c], release) for c in self.chunks(len(codes))])
         self.count(mid, len(items), int(codes.size))
-        return [image_reply(mid, img[: it["valid"][0], : it["valid"][1]], it["format"])
-                for it, img in zip(items, images)]
+        return [img[: it["valid"][0], : it["valid"][1]] for it, img in zip(items, images)]
+
+    def reply(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_reply(mid, img, item["format"], self.png_in_worker)
+
+    def entry(self, mid: str, item: dict, img: np.ndarray) -> dict:
+        return image_entry(mid, img, item["format"])
 
 
-def image_reply(mid: str, img: np.ndarray, fmt: str) -> dict:
-    png = png_bytes(img)
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr))
+    return buf.getvalue()
+
+
+def image_reply(mid: str, img: np.ndarray, fmt: str, png_in_worker: bool = False) -> dict:
     headers = {"X-Vqtok-Model": mid}
+    if fmt == "npy":  # no PNG encoding at all: the cheapest reply for a client that wants pixels
+        return ok(npy_bytes(img), "application/x-npy", headers)
     if fmt == "json":
-        reply = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0]),
-                 "image": base64.b64encode(png).decode("ascii")}
-        return ok(json.dumps(reply).encode(), "application/json", headers)
-    return ok(png, "image/png", headers)
+        return ok(json.dumps(image_entry(mid, img, fmt)).encode(), "application/json", headers)
+    return ok(png_bytes(img), "image/png", headers) if png_in_worker else png_later(img, headers)
+
+
+def image_entry(mid: str, img: np.ndarray, fmt: str) -> dict:
+    """An image as JSON: base64 PNG (`image`), or with format=npy base64 .npy bytes of the uint8 array (`npy`)."""
+    out = {"model": mid, "width": int(img.shape[1]), "height": int(img.shape[0])}
+    if fmt == "npy":
+        return out | {"npy": base64.b64encode(npy_bytes(img)).decode("ascii")}
+    return out | {"image": base64.b64encode(png_bytes(img)).decode("ascii")}
+
+
+def item_error(err: ApiError) -> dict:
+    """A bad item's entry in a multi-item reply (the same shape as an error reply's body, plus its status)."""
+    return {"error": {"code": err.code, "message": err.detail}, "status": err.status_code}
+
+
+def _prepare_all(blobs: list, entry, policy: str, limits: Limits) -> list[dict]:
+    items = []
+    for blob in blobs:
+        try:
+            if isinstance(blob, ApiError):
+                raise blob
+            arr, valid = prepare_image(blob, entry, policy, limits)
+            items.append({"image": arr, "valid": valid})
+        except ApiError as err:
+            items.append(item_error(err))
+    return items
 
 
 API_CLASSES = (EncodeAPI, DecodeAPI, ReconstructAPI)

@@ -3,7 +3,8 @@
     from vqtok.server.client import Client
     with Client("http://127.0.0.1:8000", api_key=None) as c:
         codes = c.encode("photo.jpg")        # int64 [h, w]
-        image = c.decode(codes)              # PIL.Image
+        grids = c.encode(["a.jpg", "b.jpg"]) # a list: [h, w] each, sent `batch` images per request
+        image = c.decode(codes)              # PIL.Image (a list of grids → a list of images)
         recon = c.reconstruct("photo.jpg")   # PIL.Image
         print(c.models()["default"])
 
@@ -17,11 +18,13 @@ No torch: numpy, Pillow and httpx only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import httpx
 import numpy as np
@@ -29,6 +32,7 @@ from PIL import Image
 
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
 DEFAULT_URL = "http://127.0.0.1:8000"
+BATCH = 32  # images per multi-image request (the server's default limit is 64: `vqtok serve --max-items`)
 
 
 class VqtokError(Exception):
@@ -112,6 +116,17 @@ def codes_payload(codes: Any) -> bytes:
     return buf.getvalue()
 
 
+def _many_codes(grids: Sequence[Any]) -> tuple[bytes, str]:
+    """Several grids as one [B, h, w] .npy (same shape) or as JSON {"codes": [grid, ...]} (shapes differ)."""
+    arrays = [np.asarray(g) for g in grids]
+    arrays = [a[0] if a.ndim == 3 and a.shape[0] == 1 else a for a in arrays]
+    if len({a.shape for a in arrays}) == 1:
+        buf = io.BytesIO()
+        np.save(buf, np.stack(arrays))
+        return buf.getvalue(), "application/x-npy"
+    return json.dumps({"codes": [a.tolist() for a in arrays]}).encode(), "application/json"
+
+
 def _params(**kw: Any) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
@@ -128,13 +143,48 @@ def _requests(name: str, *args: Any, **kw: Any) -> tuple[str, str, dict]:
         codes, model, sha = args
         return "POST", "/v1/decode", {"content": codes_payload(codes), "headers": {"Content-Type": "application/x-npy"},
                                       "params": _params(model=model, codebook_sha256=sha, format="png")}
+    if name in ("encode_many", "encode_info_many"):
+        images, model, policy = args
+        files = [("image", (f"{i}", image_payload(im), "application/octet-stream")) for i, im in enumerate(images)]
+        if len(files) == 1:  # one part is a single-image request: the JSON field keeps the reply a list
+            return "POST", "/v1/encode", {"json": {"images": [base64.b64encode(files[0][1][1]).decode("ascii")],
+                                                   **_params(model=model, policy=policy, format="json")}}
+        return "POST", "/v1/encode", {"files": files, "data": _params(model=model, policy=policy, format="json")}
+    if name == "decode_many":
+        grids, model, sha = args
+        body, ctype = _many_codes(grids)
+        return "POST", "/v1/decode", {"content": body, "headers": {"Content-Type": ctype},
+                                      "params": _params(model=model, codebook_sha256=sha, format="npy")}
     return "GET", {"models": "/v1/models", "health": "/health"}[name], {}
+
+
+def item_error(entry: dict, index: int) -> VqtokError:
+    """A failed item's entry of a multi-item reply as the `VqtokError` its status calls for."""
+    status = int(entry.get("status", 500))
+    cls = ERRORS.get(status, ServerError if status >= 500 else VqtokError)
+    return cls(f"item {index}: {entry['error']['message']}", status, entry["error"]["code"])
+
+
+def _entries(resp: httpx.Response) -> list[dict]:
+    """The `results` of a multi-item reply; the first failed item raises (its index in the message)."""
+    results = resp.json()["results"]
+    for i, entry in enumerate(results):
+        if "error" in entry:
+            raise item_error(entry, i)
+    return results
 
 
 def _result(name: str, resp: httpx.Response) -> Any:
     if name == "health":
         return resp.status_code == 200
     _raise_for(resp)
+    if name == "encode_many":
+        return [np.asarray(e["codes"], dtype=np.int64) for e in _entries(resp)]
+    if name == "encode_info_many":
+        return [item_error(e, i) if "error" in e else e for i, e in enumerate(resp.json()["results"])]
+    if name == "decode_many":
+        return [Image.fromarray(np.load(io.BytesIO(base64.b64decode(e["npy"])), allow_pickle=False), "RGB")
+                for e in _entries(resp)]
     if name == "encode":
         return np.load(io.BytesIO(resp.content), allow_pickle=False)
     if name in ("decode", "reconstruct"):
@@ -142,6 +192,23 @@ def _result(name: str, resp: httpx.Response) -> Any:
         img.load()
         return img
     return resp.json()
+
+
+def _is_many(image: Any) -> bool:
+    return isinstance(image, (list, tuple))
+
+
+def _is_many_codes(codes: Any) -> bool:
+    """A list/tuple of grids, or a [B, h, w] array with B > 1 ([1, h, w] stays one grid, as before)."""
+    if isinstance(codes, np.ndarray):
+        return codes.ndim == 3 and codes.shape[0] > 1
+    return isinstance(codes, (list, tuple)) and bool(codes) and np.asarray(codes[0]).ndim == 2
+
+
+def _parts(items: Sequence[Any], batch: int) -> list[list[Any]]:
+    if batch < 1:
+        raise ValueError(f"batch must be ≥ 1, got {batch}")
+    return [list(items[i: i + batch]) for i in range(0, len(items), batch)]
 
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -184,17 +251,31 @@ class Client:
                     return _result(name, resp)
             time.sleep(_retry_delay(attempt, resp))
 
-    def encode(self, image: ImageInput, model: str | None = None, policy: str | None = None) -> np.ndarray:
-        """Image → int64 code grid [h, w]."""
-        return self._call("encode", image, model, policy)
+    def encode(self, image: ImageInput | Sequence[ImageInput], model: str | None = None, policy: str | None = None,
+               batch: int = BATCH) -> np.ndarray | list[np.ndarray]:
+        """Image → int64 code grid [h, w]. A list of images → a list of grids, sent `batch` images per request
+        (one multi-image request each); a bad image raises, naming its index in its batch."""
+        if not _is_many(image):
+            return self._call("encode", image, model, policy)
+        return [g for part in _parts(image, batch) for g in self._call("encode_many", part, model, policy)]
 
-    def encode_info(self, image: ImageInput, model: str | None = None, policy: str | None = None) -> dict:
-        """Image → the full JSON reply (model, codebook_size, codebook_sha256, shape, codes, ...)."""
-        return self._call("encode_info", image, model, policy)
+    def encode_info(self, image: ImageInput | Sequence[ImageInput], model: str | None = None,
+                    policy: str | None = None, batch: int = BATCH) -> dict | list[dict | VqtokError]:
+        """Image → the full JSON reply (model, codebook_size, codebook_sha256, shape, codes, ...). A list of images →
+        a list with each image's reply, or the `VqtokError` of an image the server refused (returned, not raised),
+        `batch` images per request."""
+        if not _is_many(image):
+            return self._call("encode_info", image, model, policy)
+        return [e for part in _parts(image, batch) for e in self._call("encode_info_many", part, model, policy)]
 
-    def decode(self, codes: Any, model: str | None = None, codebook_sha256: str | None = None) -> Image.Image:
-        """Code grid [h, w] → RGB image. Pass `codebook_sha256` to have the server check the vocabulary."""
-        return self._call("decode", codes, model, codebook_sha256)
+    def decode(self, codes: Any, model: str | None = None, codebook_sha256: str | None = None,
+               batch: int = BATCH) -> Image.Image | list[Image.Image]:
+        """Code grid [h, w] → RGB image; a list of grids (or a [B, h, w] array) → a list of images, `batch` grids
+        per request. Pass `codebook_sha256` to have the server check the vocabulary."""
+        if not _is_many_codes(codes):
+            return self._call("decode", codes, model, codebook_sha256)
+        return [im for part in _parts(list(codes), batch) for im in self._call("decode_many", part, model,
+                                                                              codebook_sha256)]
 
     def reconstruct(self, image: ImageInput, model: str | None = None, policy: str | None = None) -> Image.Image:
         """Image → encode → decode → RGB image."""
@@ -240,14 +321,25 @@ class AsyncClient:
                     return _result(name, resp)
             await asyncio.sleep(_retry_delay(attempt, resp))
 
-    async def encode(self, image: ImageInput, model: str | None = None, policy: str | None = None) -> np.ndarray:
-        return await self._call("encode", image, model, policy)
+    async def encode(self, image: ImageInput | Sequence[ImageInput], model: str | None = None,
+                     policy: str | None = None, batch: int = BATCH) -> np.ndarray | list[np.ndarray]:
+        if not _is_many(image):
+            return await self._call("encode", image, model, policy)
+        return [g for part in _parts(image, batch) for g in await self._call("encode_many", part, model, policy)]
 
-    async def encode_info(self, image: ImageInput, model: str | None = None, policy: str | None = None) -> dict:
-        return await self._call("encode_info", image, model, policy)
+    async def encode_info(self, image: ImageInput | Sequence[ImageInput], model: str | None = None,
+                          policy: str | None = None, batch: int = BATCH) -> dict | list[dict | VqtokError]:
+        if not _is_many(image):
+            return await self._call("encode_info", image, model, policy)
+        return [e for part in _parts(image, batch)
+                for e in await self._call("encode_info_many", part, model, policy)]
 
-    async def decode(self, codes: Any, model: str | None = None, codebook_sha256: str | None = None) -> Image.Image:
-        return await self._call("decode", codes, model, codebook_sha256)
+    async def decode(self, codes: Any, model: str | None = None, codebook_sha256: str | None = None,
+                     batch: int = BATCH) -> Image.Image | list[Image.Image]:
+        if not _is_many_codes(codes):
+            return await self._call("decode", codes, model, codebook_sha256)
+        return [im for part in _parts(list(codes), batch)
+                for im in await self._call("decode_many", part, model, codebook_sha256)]
 
     async def reconstruct(self, image: ImageInput, model: str | None = None,
                           policy: str | None = None) -> Image.Image:

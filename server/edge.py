@@ -35,17 +35,22 @@ NPY_MAX_HEADER = 1024  # np.save writes ~128 bytes for any 2-D array
 RAW_TYPES = NPY_TYPES | {"application/x-www-form-urlencoded", ""}  # curl --data-binary sends urlencoded
 
 
+MAX_ITEMS = 64  # default per-request item limit of multi-image requests (`vqtok serve --max-items`)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int
     max_pixels: int
+    max_items: int = MAX_ITEMS
     large_slots: int = 1  # requests larger than S×S in flight per endpoint and HTTP process; more wait at the edge
 
 
 @dataclass
 class Body:
     fields: dict[str, Any]  # query parameters, overridden by JSON or multipart fields
-    blob: bytes | None  # an uploaded file or a raw image / .npy body
+    blob: bytes | None  # an uploaded file (the only one) or a raw image / .npy body
+    files: list[bytes] | None = None  # several multipart file parts: a multi-image request
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -82,7 +87,7 @@ async def parse_body(request: Request, limits: Limits, file_field: str) -> Body:
         data = await anyio.to_thread.run_sync(_json_object, body) if len(body) > 65536 else _json_object(body)
         return Body({**fields, **data}, None)
     if mtype == "multipart/form-data":
-        return await _parse_multipart(request, body, fields, file_field)
+        return await _parse_multipart(request, body, fields, file_field, limits.max_items)
     if mtype.startswith("image/") or mtype in RAW_TYPES:
         return Body(fields, body)
     raise ApiError(415, "unsupported_media_type", f"Content-Type {mtype!r} is not accepted: send application/json, "
@@ -105,27 +110,58 @@ async def _one_chunk(body: bytes):
     yield body
 
 
-async def _parse_multipart(request: Request, body: bytes, fields: dict, file_field: str) -> Body:
+async def _parse_multipart(request: Request, body: bytes, fields: dict, file_field: str, max_items: int) -> Body:
     # Starlette's own parser (what request.form() runs) over the bytes read_body already has
-    parser = MultiPartParser(request.headers, _one_chunk(body), max_files=2, max_fields=32)
+    parser = MultiPartParser(request.headers, _one_chunk(body), max_files=max_items + 1, max_fields=32)
     try:
         form = await parser.parse()
     except (MultiPartException, StarletteHTTPException, ValueError, KeyError) as err:
         detail = getattr(err, "detail", None) or str(err)
         raise bad_request(f"malformed multipart body: {detail}", "invalid_multipart") from None
-    blob = None
+    files = []
     try:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != file_field:
                     raise bad_request(f"unexpected file field {key!r}; send the file as {file_field!r}",
                                       "invalid_multipart")
-                blob = await value.read()
+                files.append(await value.read())
             else:
                 fields[key] = value
     finally:
         await form.close()
-    return Body(fields, blob)
+    if len(files) > 1:
+        _check_count(len(files), max_items)
+        return Body(fields, None, files)
+    return Body(fields, files[0] if files else None)
+
+
+def _check_count(n: int, max_items: int) -> None:
+    if n > max_items:
+        raise ApiError(413, "too_many_items", f"{n} items in one request; the server takes at most {max_items} "
+                       "(split the request, or start the server with a larger --max-items)")
+    if n == 0:
+        raise bad_request("an empty list of items", "no_items")
+
+
+def image_items(body: Body, limits: Limits) -> list[bytes | ApiError] | None:
+    """The images of a multi-image request (several multipart `image` parts, or JSON `{"images": [...]}`), each
+    as bytes or as its own ApiError; None for a single-image request. Request-level problems raise."""
+    if body.files is not None:
+        return [f if f else bad_request("empty file part", "empty_image") for f in body.files]
+    if "images" not in body.fields:
+        return None
+    values = body.fields["images"]
+    if not isinstance(values, list):
+        raise bad_request("'images' must be a list of base64 strings", "invalid_parameter")
+    _check_count(len(values), limits.max_items)
+    out: list[bytes | ApiError] = []
+    for value in values:
+        try:
+            out.append(_b64_image(value, "each item of 'images'"))
+        except ApiError as err:
+            out.append(err)
+    return out
 
 
 def text_field(fields: dict, key: str, default: str | None = None, choices: tuple | None = None) -> str | None:
@@ -160,16 +196,20 @@ def image_bytes(body: Body) -> bytes:
     value = body.fields.get("image")
     if value is None:
         raise bad_request("no image: send multipart field 'image', JSON {\"image\": \"<base64>\"} or a raw body")
+    return _b64_image(value, "'image'")
+
+
+def _b64_image(value: Any, what: str) -> bytes:
     if not isinstance(value, str):
-        raise bad_request("'image' must be a base64 string", "invalid_base64")
+        raise bad_request(f"{what} must be a base64 string", "invalid_base64")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as err:
-        raise bad_request(f"'image' is not valid base64 ({err})", "invalid_base64") from None
+        raise bad_request(f"{what} is not valid base64 ({err})", "invalid_base64") from None
     if not data:
-        raise bad_request("'image' is empty", "invalid_base64")
+        raise bad_request(f"{what} is empty", "invalid_base64")
     return data
 
 
@@ -191,31 +231,58 @@ def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -
     return arr, (crop.height, crop.width)
 
 
-def parse_codes(body: Body, entry: ModelEntry, limits: Limits) -> np.ndarray:
-    """A 2-D code grid the model can decode, as int32 [h, w] (422 for bad codes, 413 over the pixel limit)."""
+def parse_codes(body: Body, entry: ModelEntry, limits: Limits) -> np.ndarray | list[np.ndarray | ApiError]:
+    """A 2-D code grid the model can decode, as int32 [h, w] (422 for bad codes, 413 over the pixel limit); or, for
+    a multi-grid request ([B, h, w] .npy or JSON `{"codes": [[[...]], ...]}`), a list with each grid or its own
+    ApiError. Request-level problems (no codes, codebook mismatch, too many grids) raise."""
     if body.blob is not None:
         raw = _load_npy(body.blob)
     elif "codes" in body.fields:
         raw = body.fields["codes"]
     else:
         raise bad_request("no codes: send JSON {\"codes\": [[...]]} (or a flat list with \"shape\") or .npy bytes")
+    _check_codebook(body, entry)
     shape = body.fields.get("shape")
     if shape is not None:
         raw = _reshape(raw, shape)
+    elif _is_multi(raw):
+        _check_count(len(raw), limits.max_items)
+        out: list[np.ndarray | ApiError] = []
+        for grid in raw:
+            try:
+                out.append(_one_grid(grid, entry, limits))
+            except ApiError as err:
+                out.append(err)
+        return out
+    return _one_grid(raw, entry, limits)
+
+
+def _is_multi(raw: Any) -> bool:
+    if isinstance(raw, np.ndarray):
+        return raw.ndim == 3
+    # a list of [h, w] grids: depth exactly 3 (deeper nesting is one malformed grid: a 422 for the whole request)
+    return (isinstance(raw, list) and bool(raw) and isinstance(raw[0], list) and bool(raw[0])
+            and isinstance(raw[0][0], list) and not (raw[0][0] and isinstance(raw[0][0][0], list)))
+
+
+def _check_codebook(body: Body, entry: ModelEntry) -> None:
+    expected = text_field(body.fields, "codebook_sha256")
+    if expected is not None and expected.lower() != entry.codebook_sha256:
+        raise ApiError(422, "codebook_mismatch", f"codebook_sha256 {expected[:64]!r} does not match model "
+                       f"{entry.id!r} ({entry.codebook_sha256}): these codes belong to another vocabulary")
+
+
+def _one_grid(raw: Any, entry: ModelEntry, limits: Limits) -> np.ndarray:
     try:
         grid = validate_codes(raw, entry.codebook_size, entry.factor, entry.max_side)
     except InvalidCodes as err:
         raise ApiError(422, "invalid_codes", str(err)) from None
     if grid.shape[0] != 1:
-        raise ApiError(422, "invalid_codes", f"one [h, w] code grid per request, got {grid.shape[0]}")
+        raise ApiError(422, "invalid_codes", f"a [h, w] code grid or a list of them, got {grid.shape[0]} in one")
     h, w = grid.shape[1:]
     if h * w * entry.factor ** 2 > limits.max_pixels:
         raise ApiError(413, "image_too_large", f"a {h}×{w} grid decodes to {h * w * entry.factor ** 2} pixels; "
                        f"the server limit is {limits.max_pixels}")
-    expected = text_field(body.fields, "codebook_sha256")
-    if expected is not None and expected.lower() != entry.codebook_sha256:
-        raise ApiError(422, "codebook_mismatch", f"codebook_sha256 {expected[:64]!r} does not match model "
-                       f"{entry.id!r} ({entry.codebook_sha256}): these codes belong to another vocabulary")
     return grid[0]
 
 

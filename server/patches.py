@@ -8,16 +8,18 @@ behavioural tests there and in test_server*.py check that each override still do
 | override | upstream behaviour it changes | why |
 |---|---|---|
 | `EdgeHandler._prepare_request` | LitServe parses the body with `request.form()` / `request.json()` and queues that | our `parse` validates and preprocesses at the edge (HTTP process), so only good payloads are queued |
-| `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts → `Response` or our JSON error shape; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
+| `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts, finished into a `Response` (or our JSON error shape) by the LitAPI's `respond` in the HTTP process; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
 | `ServerOverrides._start_server` | the listening socket stays private to `run()`; uvicorn gets no header timeout | the socket is shut at SIGTERM (new clients refused at once, not queued for nobody); `HeaderDeadlineProtocol`; the process watch starts |
 | `HeaderDeadlineProtocol` (uvicorn's `HttpToolsProtocol`) | no request-header timeout; the keep-alive timer is cancelled by the first byte | a client trickling header bytes (slowloris) is disconnected after `--header-timeout` |
 | `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
 | `ServerOverrides.verify_worker_status` | starts serving once *any* worker is ready | waits for *every* worker; refuses to start if one fails (e.g. CUDA not active) |
 | `ServerOverrides._perform_graceful_shutdown` | stops the workers and HTTP processes together | drains HTTP first (in-flight requests finish), stops the worker monitor thread before the manager goes |
+| `replace_health` | `GET /health` replies text with no Content-Type, documented as JSON; no HEAD | `/health` is our readiness route (text/plain, GET and HEAD, documented) |
 | `replace_index` | `GET /` answers "litserve running" (with LitServe's per-route auth dependency) | `/` is vqtok's web page (server/page.py), open like `/health` |
 | `hide_bind_banner` + `wait_until_ready` (in `_start_server`) | uvicorn logs "Uvicorn running on …" when `run()` binds the socket, seconds before any HTTP process listens (workers load first) | the banner is dropped; one "ready on …" line is logged once the port answers /health 200 |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
 | `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
+| `BlockingBatchedLoop.get_batch_requests` | a worker collects a batch by polling the request queue every 1 ms (`collate_requests`): each poll is a round trip to the multiprocessing manager, idle or not | block on the queue for the first request, then gather the rest within `batch_timeout`: an idle worker costs no CPU (on 2 cores the idle decode and reconstruct workers' polling took CPU from a loaded encode endpoint; measured in docs/PERFORMANCE.md) |
 | `multiprocess_values` | prometheus_client picks its value class once, at import | metrics must go to the shared multiprocess directory even if prometheus_client was imported before it existed |
 
 Removed: setting Starlette's private `request._body` so that `request.form()` would parse a body `edge.read_body`
@@ -35,18 +37,22 @@ import multiprocessing as mp
 import socket
 import threading
 import time
+from queue import Empty
 from typing import Callable
 
 from fastapi import Request, Response
+from fastapi.responses import PlainTextResponse
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
 from litserve.server import RegularRequestHandler, ResponseBufferItem
 from litserve.transport.factory import TransportConfig, create_transport_from_config
 from litserve.transport.zmq_queue import Broker
 from litserve.transport.zmq_transport import ZMQTransport
-from litserve.utils import LitAPIStatus, WorkerSetupStatus
+from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ApiError, error_response, openapi_errors
+from .errors import ApiError, openapi_errors
 
 RETRY_AFTER_S = 2
 
@@ -79,7 +85,8 @@ UPSTREAM: dict[str, str] = {
     "litserve.server:LitServer._perform_graceful_shutdown": "25cc72bc2989abad",
     "litserve.server:LitServer._start_worker_monitoring": "aa423155d312a88a",
     "litserve.server:LitServer.run": "a53f4b3f53ea3e13",
-    # replace_index: __init__ → register_endpoints → _register_internal_endpoints adds GET /
+    # replace_index, replace_health: __init__ → register_endpoints → _register_internal_endpoints adds GET / and
+    # the health route
     "litserve.server:LitServer._register_internal_endpoints": "86ca2498aa97b363",
     # hide_bind_banner: run() calls Config.bind_socket, which logs the banner, before the workers load
     "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
@@ -89,6 +96,11 @@ UPSTREAM: dict[str, str] = {
     "litserve.transport.factory:create_transport_from_config": "f5729b5c2ff05700",
     "litserve.transport.zmq_transport:ZMQTransport": "7af0b555a3b42946",
     "litserve.server:LitServer._init_manager": "ec955dbe647ca5b4",
+    # BlockingBatchedLoop: replaces collate_requests in BatchedLoop's run_batched_loop (via get_batch_requests)
+    "litserve.loops.base:collate_requests": "5453b1085a2ec251",
+    "litserve.loops.base:LitLoop.get_batch_requests": "2a9756030ebefe7f",
+    "litserve.loops.simple_loops:BatchedLoop.run_batched_loop": "dadf15ccae839c30",
+    "litserve.loops.base:LitLoop.put_response": "8afe002a5e9821d9",
     # multiprocess_values
     "prometheus_client.values:get_value_class": "7de1718faa6ecfe2",
     "prometheus_client.metrics:Counter._metric_init": "17b9d10bf21b912c",
@@ -123,10 +135,7 @@ class EdgeHandler(RegularRequestHandler):
         async with self.lit_api.admission(payload, timeout):  # large requests: a few at a time (head-of-line)
             left = None if not timeout or timeout < 0 else max(0.001, timeout - (time.monotonic() - start))
             result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
-        if result.get("status") != 200:
-            return error_response(result.get("status", 500), result.get("message", "request failed"),
-                                  result.get("code"))
-        return Response(result["body"], media_type=result["media_type"], headers=result.get("headers"))
+        return await self.lit_api.respond(result)
 
 
 async def wait_for_reply(handler, payload: dict, timeout: float | None,
@@ -192,10 +201,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():  # the next request on this keep-alive connection gets its own deadline
+    def data_received(self, data: bytes) -> None:
+        # the first bytes of the next request on a keep-alive connection start its deadline (an idle connection is
+        # left to uvicorn's keep-alive timeout)
+        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
             self._arm()
+        super().data_received(data)
 
     def connection_lost(self, exc) -> None:
         self._disarm()
@@ -205,6 +216,14 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 def header_deadline_protocol(header_timeout: float) -> type[HeaderDeadlineProtocol]:
     """The protocol class to pass as uvicorn's `http=` (one subclass per timeout: uvicorn instantiates it)."""
     return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout": header_timeout})
+
+
+def replace_health(app, health_path: str, health_route) -> None:
+    """Drop LitServe's health route; serve `health_route` (text/plain, GET and HEAD) there."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != health_path]
+    app.add_api_route(health_path, health_route, methods=["GET"], tags=["health"], response_class=PlainTextResponse,
+                      summary="200 once every inference worker is up and has loaded its models, else 503")
+    app.add_api_route(health_path, health_route, methods=["HEAD"], include_in_schema=False)
 
 
 def drop_gzip(app) -> None:
@@ -249,6 +268,9 @@ class ServerOverrides:
     def _start_server(self, port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs):
         self._sockets = list(sockets)  # the listening socket: shut at shutdown so new clients are refused at once
         kwargs.setdefault("http", header_deadline_protocol(self.settings.header_timeout))
+        # idle keep-alive connections outlive the clients' own expiry (httpx: 5 s, uvicorn's default too: both ends
+        # closing at the same moment lost 15 of 10,000 soak requests to "connection closed" on reuse)
+        kwargs.setdefault("timeout_keep_alive", self.settings.keep_alive)
         workers = super()._start_server(port, num_uvicorn_servers, log_level, sockets, uvicorn_worker_type, **kwargs)
         procs = [w for w in workers.values() if isinstance(w, mp.process.BaseProcess)]
         self.watch.start(self.worker_slots, procs, lambda reason: threading.Thread(
@@ -341,6 +363,36 @@ def set_event(event) -> None:
         event.set()
     except Exception:  # noqa: BLE001 - any connection error of a dead manager
         pass
+
+
+# -- batch collection in the inference workers ----------------------------------------------------------------------
+class BlockingBatchedLoop(BatchedLoop):
+    """LitServe's batched worker loop (a LitAPI's documented `loop=` extension point) with a batch collection that
+    waits instead of polling. Request handling, timeouts, START messages and replies are LitServe's."""
+
+    def get_batch_requests(self, lit_api, request_queue, transport) -> tuple[list, list]:
+        payloads: list = []
+        timed_out: list = []
+        item = request_queue.get()  # waits inside the manager: an idle worker costs nothing
+        deadline = time.monotonic() + lit_api.batch_timeout
+        apply_timeout = lit_api.request_timeout not in (-1, False)
+        while True:
+            if item == _SENTINEL_VALUE:
+                raise _StopLoopError()
+            response_queue_id, uid, timestamp, x_enc = item
+            self.put_response(transport, response_queue_id, uid, (), LitAPIStatus.START, LoopResponseType.REGULAR)
+            if apply_timeout and time.monotonic() - timestamp > lit_api.request_timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, x_enc))
+            if len(payloads) >= lit_api.max_batch_size:
+                break
+            remaining = deadline - time.monotonic()
+            try:  # within the window, wait for more; after it, take only what is already queued
+                item = request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait()
+            except Empty:
+                break
+        return payloads, timed_out
 
 
 # -- ZeroMQ reply transport (--fast-queue) ---------------------------------------------------------------------------

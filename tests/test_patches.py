@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import litserve as ls
+import pytest
 import litserve.server as ls_server
 from litserve.transport.factory import TransportConfig
 from starlette.middleware.gzip import GZipMiddleware
@@ -132,6 +133,64 @@ prometheus_client.Counter("probe_total", "probe").inc()
     env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "VQTOK_METRICS_DIR")}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
     assert list(tmp_path.glob("counter_*.db")), "the counter sample was not written to the multiprocess directory"
+
+
+def _loop_api(max_batch_size: int = 4, batch_timeout: float = 0.05, timeout: float = 30.0):
+    class Api(ls.LitAPI):
+        def setup(self, device):
+            pass
+
+        def predict(self, x):
+            return x
+
+    api = Api(max_batch_size=max_batch_size, batch_timeout=batch_timeout, loop=patches.BlockingBatchedLoop())
+    api.request_timeout = timeout
+    return api
+
+
+class _Sink:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, item, consumer_id):
+        self.sent.append((consumer_id, item))
+
+
+def test_blocking_loop_collects_a_batch_like_litserve():
+    import queue
+    import time
+
+    from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+
+    loop, q, sink = patches.BlockingBatchedLoop(), queue.Queue(), _Sink()
+    now = time.monotonic()
+    for i in range(6):
+        q.put((0, f"uid-{i}", now, {"x": i}))
+    batch, timed_out = loop.get_batch_requests(_loop_api(max_batch_size=4), q, sink)
+    assert [uid for _, uid, _ in batch] == ["uid-0", "uid-1", "uid-2", "uid-3"] and not timed_out  # a full batch
+    batch, _ = loop.get_batch_requests(_loop_api(max_batch_size=4), q, sink)
+    assert [uid for _, uid, _ in batch] == ["uid-4", "uid-5"]  # what is queued when the window closes
+    q.put((0, "old", now - 100, {}))
+    batch, timed_out = loop.get_batch_requests(_loop_api(timeout=1.0), q, sink)
+    assert not batch and timed_out == [(0, "old")]  # waited too long in the queue: LitServe answers 504
+    q.put(_SENTINEL_VALUE)
+    with pytest.raises(_StopLoopError):
+        loop.get_batch_requests(_loop_api(), q, sink)
+
+
+def test_an_idle_blocking_loop_costs_no_cpu():
+    """LitServe's loop asks the manager for a request every 1 ms; ours waits for the first one."""
+    import threading
+    import time
+
+    with multiprocessing.Manager() as manager:
+        q = manager.Queue()
+        threading.Timer(1.0, q.put, args=((0, "late", time.monotonic(), {}),)).start()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        batch, _ = patches.BlockingBatchedLoop().get_batch_requests(_loop_api(), q, _Sink())
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    assert [uid for _, uid, _ in batch] == ["late"] and wall >= 0.9
+    assert cpu < 0.1 * wall, f"{cpu:.3f} s of CPU while waiting {wall:.2f} s for a request"
 
 
 def test_header_deadline_protocol_is_a_subclass_per_timeout():

@@ -114,6 +114,67 @@ def test_decode_formats_equal_local_runtime(client, tok):
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(body["image"])))), expected)
 
 
+def test_decode_npy_reply_is_the_raw_image(client, tok):
+    codes = tok.encode(PHOTOS[1].read_bytes())[0]
+    r = client.post("/v1/decode", json={"codes": codes.tolist(), "format": "npy"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npy"
+    img = np.load(io.BytesIO(r.content), allow_pickle=False)
+    assert img.dtype == np.uint8
+    np.testing.assert_array_equal(img, tok.decode(codes)[0])
+
+
+@pytest.mark.parametrize("transport", ["multipart", "json"])
+def test_multi_image_encode_answers_each_item_in_order(client, tok, transport):
+    """A bad item gets its own error entry; the others are encoded as if sent alone."""
+    good = [p.read_bytes() for p in PHOTOS]
+    blobs = [good[0], b"not an image", good[1], good[2]]
+    if transport == "multipart":
+        r = client.post("/v1/encode", files=[("image", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)],
+                        data={"model": "tiny-b"})
+    else:
+        items = [base64.b64encode(b).decode() for b in blobs] + ["%%% not base64"]
+        r = client.post("/v1/encode", json={"images": items, "model": "tiny-b"})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == (4 if transport == "multipart" else 5)
+    assert results[1]["error"]["code"] == "unsupported_image" and results[1]["status"] == 415
+    for res, data in zip([results[0], results[2], results[3]], good):
+        assert res["model"] == "tiny-b" and res["shape"] == [16, 16]
+        np.testing.assert_array_equal(np.array(res["codes"]), tok.encode(data)[0])
+    if transport == "json":
+        assert results[4]["error"]["code"] == "invalid_base64" and results[4]["status"] == 400
+
+
+def test_multi_grid_decode_answers_each_item_in_order(client, tok):
+    codes = tok.encode_array(np.stack([tok.prepare(p.read_bytes())[0][0] for p in PHOTOS[:3]]))
+    want = tok.decode(codes)
+    buf = io.BytesIO()
+    np.save(buf, codes)
+    r = client.post("/v1/decode?format=npy", content=buf.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert r.status_code == 200, r.text
+    got = [np.load(io.BytesIO(base64.b64decode(e["npy"])), allow_pickle=False) for e in r.json()["results"]]
+    np.testing.assert_array_equal(np.stack(got), want)
+    bad = codes[1].copy()
+    bad[0, 0] = 64  # K = 64: out of range
+    r = client.post("/v1/decode", json={"codes": [codes[0].tolist(), bad.tolist(), codes[2].tolist()]})
+    results = r.json()["results"]
+    assert results[1]["error"]["code"] == "invalid_codes" and results[1]["status"] == 422
+    for res, img in zip([results[0], results[2]], [want[0], want[2]]):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(base64.b64decode(res["image"])))), img)
+
+
+def test_multi_item_limits_and_formats(client):
+    data = base64.b64encode(png(np.zeros((8, 8, 3), np.uint8))).decode()
+    r = client.post("/v1/encode", json={"images": [data] * 65})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_items"
+    r = client.post("/v1/encode", json={"images": []})
+    assert r.status_code == 400
+    r = client.post("/v1/encode", json={"images": [data, data], "format": "npy"})
+    assert r.status_code == 400 and "one image per request" in r.json()["error"]["message"]
+    r = client.post("/v1/encode", json={"images": data})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameter"
+
+
 def test_reconstruct_psnr_equals_local(client, tok):
     for photo in PHOTOS:
         batch, _ = tok.prepare(photo.read_bytes())
@@ -298,6 +359,13 @@ def test_workers_load_only_their_graphs_lean_on_memory(tmp_path, name, graphs):
     assert api.ort_batch == 1  # CPU: one image per ONNX Runtime call
 
 
+def finish(api, result: dict) -> bytes:
+    """The reply body the HTTP process makes of a worker's result (PNGs are encoded there)."""
+    import asyncio
+
+    return asyncio.run(api.respond(result)).body
+
+
 def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
     from vqtok.server.apis import DecodeAPI, ReconstructAPI
     from vqtok.server.edge import Limits
@@ -313,10 +381,10 @@ def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
         assert api.ort_batch == 2 and api.chunks(5) == [slice(0, 2), slice(2, 4), slice(4, 6)]
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "png"} for im in images]
     want = tok.decode(codes)
-    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in recon.predict(items)]
+    got = [np.asarray(Image.open(io.BytesIO(finish(recon, r)))) for r in recon.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
     items = [{"model": "tiny-a", "codes": c.astype(np.int32), "format": "png"} for c in codes]
-    got = [np.asarray(Image.open(io.BytesIO(r["body"]))) for r in decode.predict(items)]
+    got = [np.asarray(Image.open(io.BytesIO(finish(decode, r)))) for r in decode.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
 
 
@@ -347,8 +415,8 @@ assert "torch" not in sys.modules
 def test_openapi_documents_reply_types_errors_and_probes(client):
     spec = client.get("/openapi.json").json()
     for endpoint, types in (("encode", {"application/json", "application/x-npy"}),
-                            ("decode", {"image/png", "application/json"}),
-                            ("reconstruct", {"image/png", "application/json"})):
+                            ("decode", {"image/png", "application/json", "application/x-npy"}),
+                            ("reconstruct", {"image/png", "application/json", "application/x-npy"})):
         responses = spec["paths"][f"/v1/{endpoint}"]["post"]["responses"]
         assert set(responses["200"]["content"]) == types
         for status in ("400", "401", "404", "408", "413", "415", "503", "504"):

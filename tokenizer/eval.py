@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from .colour import COLOUR_SET, flat_image, mean_delta_e, mosaics
@@ -59,11 +58,8 @@ def bits_per_pixel(codebook_size: int, h: int, w: int, height: int, width: int) 
 def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [B, 3, H, W] in [-1, 1] → (codes [B, h, w], ‖e − q‖² and ‖e‖² per position [B, h, w]), as the quantizer
     computes them (e after the l2 normalisation of cosine codebooks, where ‖e‖² = 1)."""
-    z = model.quant_proj(model.encoder(x))
-    b, d, h, w = z.shape
-    e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
-    if model.config.normalize_codes:
-        e = F.normalize(e, dim=-1, eps=1e-6)
+    b, h, w = x.shape[0], x.shape[2] // model.factor, x.shape[3] // model.factor
+    e = model.search_vectors(x)
     codes = model.quantizer.nearest(e)
     err = (e - model.quantizer.lookup_table()[codes]).pow(2).sum(-1)
     return codes.view(b, h, w), err.view(b, h, w), e.pow(2).sum(-1).view(b, h, w)

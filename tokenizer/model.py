@@ -27,7 +27,7 @@ class TokenizerConfig:
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)  # one level per entry; f = 2 ** (len - 1)
     num_res_blocks: int = 1
-    attn_lowest: bool = True                      # self-attention at the lowest resolution (encoder and decoder mid)
+    attn_lowest: bool = True                      # self-attention in the encoder and decoder mid blocks
     latent_channels: int = 64
     codebook_size: int = 1024                     # K
     code_dim: int = 8                             # d: low-dim factorised lookup (LlamaGen)
@@ -42,15 +42,46 @@ class TokenizerConfig:
     dead_code_threshold: float = 1e-3
     image_size: int = 256                         # S for the `resize` preprocessing policy
     model_id: str = ""
+    # Architecture options that imported tokenizers need (taming, LlamaGen, diffusers: docs/IMPORT.md). The
+    # defaults are vqtok's own architecture, so configs written before these fields existed load unchanged.
+    norm_groups: int = 0                          # GroupNorm groups; 0: min(32, C // 4) (vqtok); the others use 32
+    stem_channels: int = 0                        # encoder conv_in width; 0: level 0's width (taming/LlamaGen: ch)
+    attn_levels: tuple[int, ...] = ()             # levels (0 = full resolution) with attention after each res block
+    decoder_attn_levels: tuple[int, ...] | None = None  # None: same as attn_levels
+    decoder_channel_mult: tuple[int, ...] = ()    # per level, in encoder order; (): channel_mult
+    decoder_num_res_blocks: int = 0               # res blocks per decoder level; 0: num_res_blocks + 1
+    downsample_padding: Literal["symmetric", "asymmetric"] = "symmetric"  # asymmetric: pad right/bottom (taming)
+    origin: str = ""                              # where imported weights came from (empty: trained by vqtok)
 
     def __post_init__(self):
         check_fields(self, "model option")  # types and enums; channel_mult lists become tuples
+        n = len(self.channel_mult)
+        if self.decoder_channel_mult and len(self.decoder_channel_mult) != n:
+            raise ValueError(f"decoder_channel_mult {self.decoder_channel_mult} needs {n} levels like channel_mult")
+        for name in ("attn_levels", "decoder_attn_levels"):
+            bad = [i for i in getattr(self, name) or () if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"{name} {bad} out of range: levels are 0..{n - 1}")
         if self.image_size % self.factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of the factor {self.factor}")
 
     @property
     def factor(self) -> int:
         return factor_of(self.channel_mult)
+
+    # The resolved architecture (defaults filled in), used by Encoder/Decoder and by tokenizer.layouts.
+    def encoder_widths(self) -> list[int]:
+        return [self.base_channels * m for m in self.channel_mult]
+
+    def decoder_widths(self) -> list[int]:
+        """Per level in encoder order (level 0 = full resolution); the decoder runs them last to first."""
+        return [self.base_channels * m for m in (self.decoder_channel_mult or self.channel_mult)]
+
+    def decoder_blocks(self) -> int:
+        return self.decoder_num_res_blocks or self.num_res_blocks + 1
+
+    def decoder_attn(self) -> tuple[int, ...]:
+        return self.attn_levels if self.decoder_attn_levels is None else self.decoder_attn_levels
 
     def to_dict(self) -> dict:
         return asdict(self) | {"factor": self.factor}
@@ -62,21 +93,24 @@ class TokenizerConfig:
 
     @classmethod
     def llamagen_f16(cls, **kw) -> "TokenizerConfig":
-        """LlamaGen's VQ-16 shape (~72M params): a GPU-size model."""
+        """LlamaGen VQ-16's channel layout (~72M params) in vqtok's own architecture (for training); the exact
+        LlamaGen architecture is `tokenizer.importers.preset_config("llamagen-vq16")`."""
         base = dict(base_channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, latent_channels=256,
                     codebook_size=16384, code_dim=8)
         return cls(**(base | kw))
 
 
-def _norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, ch // 4) if ch >= 8 else 1, ch, eps=1e-6)
+def _norm(ch: int, groups: int = 0) -> nn.GroupNorm:
+    if not groups:  # vqtok's own rule, kept for the models trained with it
+        groups = min(32, ch // 4) if ch >= 8 else 1
+    return nn.GroupNorm(groups, ch, eps=1e-6)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, groups: int = 0):
         super().__init__()
-        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.norm1, self.conv1 = _norm(c_in, groups), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = _norm(c_out, groups), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x):
@@ -86,11 +120,11 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all positions of a (small) feature map."""
+    """Single-head self-attention over all positions of a (small) feature map, scores scaled by C^-1/2."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, groups: int = 0):
         super().__init__()
-        self.norm, self.qkv, self.proj = _norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        self.norm, self.qkv, self.proj = _norm(ch, groups), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
 
     def forward(self, x):
         b, c, h, w = x.shape
@@ -99,24 +133,47 @@ class AttnBlock(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-def _mid(ch: int, attn: bool) -> nn.Sequential:
-    return nn.Sequential(ResBlock(ch, ch), AttnBlock(ch) if attn else nn.Identity(), ResBlock(ch, ch))
+class AsymmetricDownsample(nn.Conv2d):
+    """Zero-pad right and bottom by one, then a 3×3 stride-2 conv (taming, LlamaGen, diffusers). A Conv2d
+    subclass, so its weights sit at the same keys as vqtok's symmetric strided conv."""
+
+    def __init__(self, ch: int):
+        super().__init__(ch, ch, 3, stride=2, padding=0)
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
 
 
+def _mid(ch: int, attn: bool, groups: int) -> nn.Sequential:
+    return nn.Sequential(ResBlock(ch, ch, groups), AttnBlock(ch, groups) if attn else nn.Identity(),
+                         ResBlock(ch, ch, groups))
+
+
+# `plan` has one entry per module of `net`, naming its role: ("conv_in",), ("res", level, block),
+# ("attn", level, block), ("down", level), ("up", level), ("mid",), ("norm_out",), ("act",), ("conv_out",).
+# tokenizer.layouts maps these roles to the key names of the code bases vqtok imports from.
 class Encoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        chs = [cfg.base_channels * m for m in cfg.channel_mult]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.image_channels, chs[0], 3, padding=1)]
-        c = chs[0]
+        chs, g = cfg.encoder_widths(), cfg.norm_groups
+        c = cfg.stem_channels or chs[0]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.image_channels, c, 3, padding=1)]
+        plan: list[tuple] = [("conv_in",)]
         for i, c_out in enumerate(chs):
-            for _ in range(cfg.num_res_blocks):
-                layers.append(ResBlock(c, c_out))
+            for j in range(cfg.num_res_blocks):
+                layers.append(ResBlock(c, c_out, g))
+                plan.append(("res", i, j))
                 c = c_out
+                if i in cfg.attn_levels:
+                    layers.append(AttnBlock(c, g))
+                    plan.append(("attn", i, j))
             if i < len(chs) - 1:  # strided conv halves the resolution
-                layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        layers += [_mid(c, cfg.attn_lowest), _norm(c), nn.SiLU(), nn.Conv2d(c, cfg.latent_channels, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+                layers.append(AsymmetricDownsample(c) if cfg.downsample_padding == "asymmetric"
+                              else nn.Conv2d(c, c, 3, stride=2, padding=1))
+                plan.append(("down", i))
+        layers += [_mid(c, cfg.attn_lowest, g), _norm(c, g), nn.SiLU(), nn.Conv2d(c, cfg.latent_channels, 3, padding=1)]
+        plan += [("mid",), ("norm_out",), ("act",), ("conv_out",)]
+        self.net, self.plan = nn.Sequential(*layers), plan
 
     def forward(self, x):  # [B, 3, H, W] → [B, latent, H/f, W/f]
         return self.net(x)
@@ -134,17 +191,24 @@ class Upsample(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        chs = [cfg.base_channels * m for m in cfg.channel_mult][::-1]
-        c = chs[0]
-        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), _mid(c, cfg.attn_lowest)]
-        for i, c_out in enumerate(chs):
-            for _ in range(cfg.num_res_blocks + 1):  # one more block per level than the encoder, as in taming
-                layers.append(ResBlock(c, c_out))
-                c = c_out
-            if i < len(chs) - 1:
+        chs, g = cfg.decoder_widths(), cfg.norm_groups
+        c = chs[-1]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c, 3, padding=1), _mid(c, cfg.attn_lowest, g)]
+        plan: list[tuple] = [("conv_in",), ("mid",)]
+        for i in reversed(range(len(chs))):  # lowest resolution first
+            for j in range(cfg.decoder_blocks()):
+                layers.append(ResBlock(c, chs[i], g))
+                plan.append(("res", i, j))
+                c = chs[i]
+                if i in cfg.decoder_attn():
+                    layers.append(AttnBlock(c, g))
+                    plan.append(("attn", i, j))
+            if i > 0:
                 layers.append(Upsample(c))
-        layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, cfg.image_channels, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
+                plan.append(("up", i))
+        layers += [_norm(c, g), nn.SiLU(), nn.Conv2d(c, cfg.image_channels, 3, padding=1)]
+        plan += [("norm_out",), ("act",), ("conv_out",)]
+        self.net, self.plan = nn.Sequential(*layers), plan
 
     def forward(self, z):  # [B, latent, h, w] → [B, 3, h·f, w·f]
         return self.net(z)
@@ -200,16 +264,20 @@ class Tokenizer(nn.Module):
                                      max_pixels=max_pixels)
             x = to_model_range(torch.from_numpy(batch)).to(self.device)
         self._check_image(x)
-        # Codes are the model's identity: the whole encode path runs in the weights' precision, never under an
-        # ambient autocast (a bf16 encoder alone flips ~0.5% of codes, so "fp32 distance" is not enough).
+        b, h, w = x.shape[0], x.shape[2] // self.factor, x.shape[3] // self.factor
+        e = self.search_vectors(x)                                   # [B·h·w, d]
+        codes = self.quantizer.nearest(e).view(b, h, w)
+        return (codes, e.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()) if return_latents else codes
+
+    def search_vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, H, W] → the fp32 vectors [B·h·w, d] (raster order) that the nearest-code search sees.
+
+        The one encode → normalise path (eval and export use it too). Codes are the model's identity: it runs
+        in the weights' precision, never under an ambient autocast (a bf16 encoder alone flips ~0.5 % of codes,
+        so an fp32 distance is not enough)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = self.quant_proj(self.encoder(x))                   # [B, d, h, w]
-        b, d, h, w = z.shape
-        e = z.permute(0, 2, 3, 1).reshape(-1, d).float()
-        if self.config.normalize_codes:
-            e = F.normalize(e, dim=-1, eps=1e-6)
-        codes = self.quantizer.nearest(e).view(b, h, w)
-        return (codes, e.view(b, h, w, d).permute(0, 3, 1, 2).contiguous()) if return_latents else codes
+        return self.quantizer.search_input(z)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

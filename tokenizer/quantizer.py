@@ -35,6 +35,21 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=EPS)
 
 
+# The nearest-code search, written once: Tokenizer.encode, the training forward, tokenizer.eval and the exported
+# encoder graph (export.onnx.EncoderGraph) all go through these two functions.
+def search_vectors(z: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Vectors [..., d] → fp32, l2-normalised when the codebook is (cosine lookup)."""
+    z = z.float()
+    return _l2norm(z) if normalize else z
+
+
+def code_distances(e: torch.Tensor, table_t: torch.Tensor, table_sq: torch.Tensor) -> torch.Tensor:
+    """e [..., d], lookup table transposed [d, K] and its squared row norms [K] → [..., K], fp32.
+
+    ‖e‖² is constant per row, so the argmin of ‖c‖² − 2 e·c is the nearest code; it is left out."""
+    return table_sq - 2 * e @ table_t
+
+
 def rotation_trick(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Value of `q`, gradient to `e` of λRᵀg: R rotates ê onto q̂, λ = ‖q‖/‖e‖.  e, q: [N, d], d ≥ 2.
 
@@ -136,14 +151,19 @@ class VectorQuantizer(nn.Module):
         cb = self.codebook.float()
         return _l2norm(cb) if self.normalize else cb
 
-    def nearest(self, e: torch.Tensor) -> torch.Tensor:
-        """e: [N, d] (already normalised if `normalize`) → code indices [N] (int64)."""
+    def search_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Feature map [B, d, h, w] → fp32 vectors [B·h·w, d] in raster order, normalised if `normalize`."""
+        return search_vectors(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), self.normalize)
+
+    def distances(self, e: torch.Tensor) -> torch.Tensor:
+        """e: [N, d] from `search_input` → fp32 distances [N, K] (up to a per-row constant)."""
         with torch.autocast(device_type=e.device.type, enabled=False):
             cb = self.lookup_table()
-            e = e.float()
-            # ‖e‖² is constant per row, so argmin of ‖c‖² − 2 e·c is the nearest code.
-            dist = (cb * cb).sum(-1)[None, :] - 2 * e @ cb.t()  # [N, K]
-            return dist.argmin(dim=-1)
+            return code_distances(e.float(), cb.t(), (cb * cb).sum(-1))
+
+    def nearest(self, e: torch.Tensor) -> torch.Tensor:
+        """e: [N, d] from `search_input` → code indices [N] (int64; the lowest index on exact ties)."""
+        return self.distances(e).argmin(dim=-1)
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, h, w] → vectors [B, d, h, w]."""
@@ -152,9 +172,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z: [B, d, h, w] → (z_q [B, d, h, w], codes [B, h, w], aux with 'loss' and the batch stats)."""
         b, d, h, w = z.shape
-        e = z.permute(0, 2, 3, 1).reshape(-1, d).float()  # [N, d]
-        if self.normalize:
-            e = _l2norm(e)
+        e = self.search_input(z)                            # [N, d]
         codes = self.nearest(e)                             # [N]
         q = self.lookup_table()[codes]                      # [N, d], differentiable w.r.t. the codebook
 

@@ -108,6 +108,24 @@ def _save_grid(real: torch.Tensor, recon: torch.Tensor, path: Path, n: int = 4) 
     save_grid(list(zip(real_u8, recon_u8)), path)
 
 
+# Model options that change only how training updates the weights; fine-tuning (`init`) may set them. Every other
+# option is architecture and comes from the init model (an imported LlamaGen/taming/diffusers one included).
+TRAINING_ONLY = ("gradient", "commitment_weight", "codebook_weight", "codebook_init", "revive_dead_codes",
+                 "dead_code_threshold", "ema_decay", "model_id", "image_size")
+
+
+def _init_config(init: TokenizerConfig, overrides: dict, name: str) -> dict:
+    """Fine-tuning: the init model's config, with the training-only options of `overrides` applied."""
+    base = init.to_dict()
+    base.pop("factor")
+    changed = [k for k, v in overrides.items() if k not in TRAINING_ONLY and k in base
+               and TokenizerConfig.from_dict(base | {k: v}).to_dict()[k] != base[k]]
+    if changed:
+        raise ValueError(f"init={name}: {changed} would change the architecture of the init model; fine-tuning "
+                         f"may set only {', '.join(TRAINING_ONLY)}")
+    return base | overrides
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -125,9 +143,11 @@ class Trainer:
         self.out = Path(cfg.out)
 
         torch.manual_seed(cfg.seed)  # same init on every rank and for both arms of a matched pair
-        self.model = Tokenizer(TokenizerConfig.from_dict(cfg.model)).to(self.device)
-        if cfg.init:
-            self._init_from(cfg.init)
+        init = Tokenizer.from_pretrained(cfg.init) if cfg.init else None
+        model_cfg = _init_config(init.config, cfg.model, cfg.init) if init is not None else cfg.model
+        self.model = Tokenizer(TokenizerConfig.from_dict(model_cfg)).to(self.device)
+        if init is not None:
+            self.model.load_state_dict(init.state_dict())
         self.disc = PatchDiscriminator().to(self.device)
         self.perceptual = make_perceptual(cfg.perceptual).to(self.device) if cfg.perceptual != "none" else None
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
@@ -141,18 +161,6 @@ class Trainer:
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
         self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
-    def _init_from(self, path_or_id: str) -> None:
-        """Start from a trained model's weights (fine-tuning); the architecture must match, quantizer options (the
-        gradient, commitment weight) come from `cfg.model`."""
-        src = Tokenizer.from_pretrained(path_or_id)
-        mine, theirs = self.model.config.to_dict(), src.config.to_dict()
-        arch = ("base_channels", "channel_mult", "num_res_blocks", "attn_lowest", "latent_channels", "codebook_size",
-                "code_dim", "image_channels")
-        diff = [k for k in arch if mine[k] != theirs[k]]
-        if diff:
-            raise ValueError(f"init={path_or_id}: architecture differs in {diff}; set model options to match it")
-        self.model.load_state_dict(src.state_dict())
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -11,7 +11,9 @@ import sys
 from .. import __version__
 
 # name → module; a module that is missing (a subcommand not built yet) is skipped, not fatal.
-COMMANDS = ["info", "train", "eval", "export", "serve", "encode", "decode", "reconstruct", "tokenize", "detokenize"]
+COMMANDS = ["info", "train", "eval", "export", "serve", "encode", "decode", "reconstruct", "tokenize", "detokenize",
+            "import"]
+MODULES = {"import": "import_"}  # a command whose name is a Python keyword
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            mod = importlib.import_module(f"vqtok.cli.{name}")
+            mod = importlib.import_module(f"vqtok.cli.{MODULES.get(name, name)}")
         except ModuleNotFoundError as err:
-            if err.name == f"vqtok.cli.{name}":
+            if err.name == f"vqtok.cli.{MODULES.get(name, name)}":
                 continue
             raise
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)

@@ -69,6 +69,15 @@ class RemoteBackend:
 
         return np.asarray(info.pop("codes"), dtype=np.int64), info
 
+    def encode_many(self, images: list[bytes], policy: str) -> list:
+        """(codes, info) or the server's error for each image: multi-image requests of `client.BATCH` images."""
+        import numpy as np
+
+        out = []
+        for info in self.client.encode_info(images, self.model, policy):
+            out.append(info if isinstance(info, Exception) else (np.asarray(info.pop("codes"), dtype=np.int64), info))
+        return out
+
     def decode(self, codes):
         return self.client.decode(codes, self.model)
 
@@ -109,9 +118,15 @@ def run(args: argparse.Namespace) -> int:
     if out is not None and not single_file:
         out.mkdir(parents=True, exist_ok=True)
     failed = 0
+    batched = _encode_batched(backend, args.images, args.policy) if hasattr(backend, "encode_many") else {}
     for image in args.images:  # one bad file is reported and skipped; the others are still encoded
         try:
-            codes, info = backend.encode(image, args.policy)
+            if image in batched:
+                if isinstance(batched[image], Exception):
+                    raise batched[image]
+                codes, info = batched[image]
+            else:
+                codes, info = backend.encode(image, args.policy)
         except ServerUnavailable as err:  # every later file would fail the same way
             raise ValueError(str(err)) from None
         except FileNotFoundError:
@@ -131,3 +146,17 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"vqtok encode: {failed} of {len(args.images)} images failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _encode_batched(backend, images: list[str], policy: str) -> dict:
+    """Server mode: every readable file in multi-image requests; {path: (codes, info) or its error}. Unreadable
+    files are left out (the caller reports them)."""
+    blobs = {}
+    for image in dict.fromkeys(images):
+        try:
+            blobs[image] = Path(image).read_bytes()
+        except OSError:
+            continue
+    if len(blobs) < 2:  # one image: the single-image request
+        return {}
+    return dict(zip(blobs, backend.encode_many(list(blobs.values()), policy)))

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"model:           {info['path']}")
+    if info.get("config", {}).get("origin"):  # imported weights: format, source file and its sha256
+        print(f"origin:          {info['config']['origin']}")
     for key in ("parameters", "factor", "codebook_size", "code_dim", "codebook_sha256"):
         if key in info:
             print(f"{key + ':':<17}{info[key]:,}" if isinstance(info[key], int) else f"{key + ':':<17}{info[key]}")

@@ -17,6 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--gradient", choices=["rotation", "ste"], help="quantizer gradient (model option)")
+    p.add_argument("--init", metavar="MODEL", help="fine-tune this model folder or id (e.g. one made by `vqtok "
+                                                   "import`): its architecture and weights are the start")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader workers")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -32,7 +34,7 @@ def build_config(args: argparse.Namespace):
 
     opts: dict = json.loads(open(args.config).read()) if args.config else {}
     opts["data"], opts["out"] = args.data, args.out
-    for key in ("split", "steps", "batch_size", "crop", "lr", "seed", "workers", "device", "checkpoint_every"):
+    for key in ("init", "split", "steps", "batch_size", "crop", "lr", "seed", "workers", "device", "checkpoint_every"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
     if args.gradient:
