@@ -292,7 +292,7 @@ _IMAGE_BODY = {
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
         "input": {"type": "string", "enum": ["none", "png"]}}}},
     "application/json": {"schema": {"type": "object", "properties": {
-        "image": {"type": "string", "description": "base64 image bytes"},
+        "image": {"type": "string", "format": "byte", "minLength": 4, "description": "base64 image bytes"},
         "images": {"type": "array", "items": {"type": "string"}, "description": "several base64 images: the reply "
                    "is {\"results\": [...]}, one entry per image in order (at most --max-items)"},
         "model": {"type": "string"},

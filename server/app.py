@@ -29,6 +29,7 @@ from pathlib import Path
 
 import litserve as ls
 from fastapi import Request, Response
+from fastapi.responses import PlainTextResponse
 from litserve.utils import WorkerSetupStatus
 from PIL import Image
 
@@ -68,6 +69,7 @@ class Settings:
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
     large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
+    keep_alive: int = 75  # seconds an idle keep-alive connection stays open (longer than clients' and LBs' expiry)
     header_timeout: float = 10.0  # seconds for a request line + headers (slowloris): then the connection is closed
     graceful_timeout: float = 30.0  # seconds in-flight requests get on shutdown
     telemetry_window: float = 300.0  # seconds of codes the token telemetry (/metrics, /v1/models/{id}/usage) covers
@@ -147,14 +149,14 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
                                summary="A model's code histogram over the telemetry window (and all time)",
                                tags=["vqtok"])
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
-                               tags=["vqtok"])
-        self.app.add_api_route("/health", self._ready_route, methods=["HEAD"], include_in_schema=False)
+                               tags=["vqtok"], response_class=PlainTextResponse)
+        patches.replace_health(self.app, self.healthcheck_path, self._ready_route)
         for path, route, summary in (
                 ("/health/live", self._live_route, "Liveness: 200 while this HTTP process answers"),
                 ("/health/ready", self._ready_route, "Readiness: 200 only when every inference worker is up and "
                                                      "has loaded its models, else 503")):
             self.app.add_api_route(path, route, methods=["GET"], tags=["health"], summary=summary,
-                                   response_class=Response)
+                                   response_class=PlainTextResponse)
             self.app.add_api_route(path, route, methods=["HEAD"], include_in_schema=False)
         logger.info("serving %s (default %s) on %s, %d worker(s) per endpoint per device, %d ORT thread(s) each",
                     ", ".join(registry.models), registry.default, settings.device, settings.workers, threads)
@@ -172,15 +174,15 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
 
     async def _metrics_route(self) -> Response:
         body, content_type = metrics.render(self.telemetry)
-        return Response(body, media_type=content_type)
+        return Response(body, media_type=content_type)  # text/plain; version=… (Prometheus' exposition format)
 
-    async def _live_route(self) -> Response:
-        return Response("ok", media_type="text/plain")
+    async def _live_route(self) -> PlainTextResponse:
+        return PlainTextResponse("ok")
 
-    async def _ready_route(self) -> Response:
+    async def _ready_route(self) -> PlainTextResponse:
         states = dict(self.workers_setup_status)  # LitServe's: READY once a (re)started worker loaded its models
         ready = bool(states) and all(v == WorkerSetupStatus.READY for v in states.values()) and self.watch.all_up()
-        return Response("ok" if ready else "not ready", status_code=200 if ready else 503, media_type="text/plain")
+        return PlainTextResponse("ok" if ready else "not ready", status_code=200 if ready else 503)
 
     def worker_slots(self) -> list[tuple[str, int, mp.process.BaseProcess]]:
         """(api path, LitServe worker id, process) for every inference worker, in LitServe's order."""

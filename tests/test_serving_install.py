@@ -25,7 +25,7 @@ _SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setu
 FOLDERS = sorted({_SETUPTOOLS["package-dir"].get(p, p.replace(".", "/")).split("/")[0]
                   for p in _SETUPTOOLS["packages"]})
 SOURCES = ["pyproject.toml", "README.md", *FOLDERS]  # what the Docker build context holds (.dockerignore)
-TESTS = ["conftest.py", "_serving.py", "test_server.py", "test_server_process.py", "test_client.py"]
+TESTS = ["conftest.py", "_serving.py", "_hostile.py", "test_server.py", "test_server_process.py", "test_client.py"]
 opt_in = pytest.mark.skipif(os.environ.get("VQTOK_TEST_SERVING_INSTALL") != "1",
                             reason="set VQTOK_TEST_SERVING_INSTALL=1 (installs from PyPI into a fresh venv)")
 
@@ -39,6 +39,15 @@ def test_docker_context_and_image_shape():
     for needed in ('pip install ".[serve]"', "find_spec('torch')", "USER vqtok", "HEALTHCHECK", "/health",
                    'CMD ["vqtok", "serve", "--device", "cuda"]', "cudnn"):
         assert needed in docker, f"Dockerfile lacks {needed!r}"
+
+
+def test_the_copied_suite_has_its_helper_modules():
+    """The serving-install run copies only TESTS: every tests/_helper.py they import must be among them."""
+    import re
+
+    for name in TESTS:
+        for helper in re.findall(r"^(?:from|import) (_[a-z]\w*)", (REPO / "tests" / name).read_text(), flags=re.M):
+            assert f"{helper}.py" in TESTS, f"{name} imports {helper}; add {helper}.py to TESTS"
 
 
 def _copy(names: list[str], src: Path, dst: Path) -> None:
