@@ -82,7 +82,7 @@ def build(dest: str | Path, model_id: str = "null-f8-k1024", factor: int = 8, co
 
     book = codebook(codebook_size)
     config = {"model_id": model_id, "factor": factor, "codebook_size": codebook_size, "code_dim": 3,
-              "normalize_codes": False, "image_size": image_size}
+              "normalize_codes": False, "image_size": image_size, "origin": ""}
     model = SimpleNamespace(config=SimpleNamespace(**config), codebook_sha256=lambda: codebook_sha256(book))
     out = Path(dest) / model_id
     out.mkdir(parents=True, exist_ok=True)

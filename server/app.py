@@ -40,7 +40,7 @@ from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .docs import install_docs
 from .edge import MAX_ITEMS, Limits
-from .errors import ApiError, install_error_handlers
+from .errors import ApiError, install_error_handlers, openapi_errors
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
 from .registry import Registry
 
@@ -147,7 +147,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
                                tags=["vqtok"])
         self.app.add_api_route("/v1/models/{model_id}/usage", self._usage_route, methods=["GET"],
                                summary="A model's code histogram over the telemetry window (and all time)",
-                               tags=["vqtok"])
+                               tags=["vqtok"], responses=openapi_errors((401, 404)))
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"], response_class=PlainTextResponse)
         patches.replace_health(self.app, self.healthcheck_path, self._ready_route)

@@ -152,7 +152,9 @@ def image_items(body: Body, limits: Limits) -> list[bytes | ApiError] | None:
     if "images" not in body.fields:
         return None
     values = body.fields["images"]
-    if not isinstance(values, list):
+    # a wrong JSON type breaks the request's schema (request-level 400); bad base64 or an undecodable image is
+    # one item's problem (its own error entry)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise bad_request("'images' must be a list of base64 strings", "invalid_parameter")
     _check_count(len(values), limits.max_items)
     out: list[bytes | ApiError] = []

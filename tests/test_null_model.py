@@ -14,7 +14,9 @@ from _serving import PHOTOS, TINY
 def test_null_model_keeps_the_tokenizer_contract(tmp_path):
     folder = build(tmp_path, "null-f8-k1024")
     for graph in ("encoder", "decoder"):  # the same metadata keys as a real export writes
-        assert set(read_metadata(folder / f"{graph}.onnx")) == set(read_metadata(TINY / f"{graph}.onnx"))
+        null, real = set(read_metadata(folder / f"{graph}.onnx")), set(read_metadata(TINY / f"{graph}.onnx"))
+        # the tiny fixture was exported before `origin` (imported weights' provenance) joined the metadata
+        assert real <= null and null - real <= {"origin"}, (null ^ real)
     entry = Registry.scan(tmp_path).get("null-f8-k1024")
     assert (entry.factor, entry.codebook_size, entry.image_size) == (8, 1024, 256)
 

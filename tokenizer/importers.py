@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .contract import CONFIG_FILE as DIFFUSERS_CONFIG  # diffusers names its config file as vqtok does
 from .layouts import from_source
 from .model import Tokenizer, TokenizerConfig
 from .safe_load import load_checkpoint
@@ -184,9 +185,9 @@ def _read_taming(src: Path, config: str | Path | None) -> tuple[TokenizerConfig,
 
 
 def _read_diffusers(src: Path) -> tuple[TokenizerConfig, dict, list[str]]:
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(f"{src} is not a diffusers model folder (no config.json)")
-    cfg = json.loads((src / "config.json").read_text())
+    if not (src / DIFFUSERS_CONFIG).is_file():
+        raise FileNotFoundError(f"{src} is not a diffusers model folder (no {DIFFUSERS_CONFIG})")
+    cfg = json.loads((src / DIFFUSERS_CONFIG).read_text())
     st = src / "diffusion_pytorch_model.safetensors"
     if st.is_file():
         from safetensors.torch import load_file
