@@ -95,7 +95,7 @@ def test_fixture_parity_through_onnx(imported, fmt):
 
     d, _, ref = imported[fmt]
     export_model(d)
-    tok = OnnxTokenizer.from_dir(d, threads=1)
+    tok = OnnxTokenizer.from_pretrained(d, threads=1)
     assert tok.metadata.codebook_sha256 == imported[fmt][1].codebook_sha256
     codes = tok.encode_array(ref["images"])
     assert (codes == ref["codes"]).mean() >= 0.999

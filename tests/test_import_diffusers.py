@@ -1,11 +1,15 @@
 """Import parity for diffusers `VQModel` folders (random weights, built and run by diffusers itself), and the
 width-changing configs the LlamaGen/taming fixtures cannot cover (the 1×1 `nin_shortcut`): our model in the
-original key layout, round-tripped through `vqtok import`, and cross-checked against diffusers' implementation."""
+original key layout, round-tripped through `vqtok import`, and cross-checked against diffusers' implementation.
+The diffusers configs are also checked through the exported ONNX graphs and through `vqtok serve`."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import shutil
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -16,7 +20,8 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is in the dev ext
 
 from vqtok.tokenizer.importers import import_checkpoint, llamagen_config, preset_config, taming_config  # noqa: E402
 from vqtok.tokenizer.layouts import key_map, to_source  # noqa: E402
-from vqtok.tokenizer.model import Tokenizer  # noqa: E402
+from vqtok.tokenizer.model import Tokenizer, to_uint8  # noqa: E402
+from tests._serving import LiveServer, png  # noqa: E402
 
 DIFFUSERS_CONFIGS = {
     # LDM VQ-f4 (CompVis' vq-f4 / the LDM super-resolution VQVAE) scaled down: 3-d latents, no level attention,
@@ -72,31 +77,97 @@ def _check_codes(ours: np.ndarray, theirs: np.ndarray, latents: torch.Tensor, co
     assert (gaps < 1e-5).all(), f"{len(bad)} codes differ, gaps {gaps.tolist()[:5]}"
 
 
-@pytest.mark.parametrize("name", list(DIFFUSERS_CONFIGS))
-def test_diffusers_vqmodel_import_parity(name, photos, tmp_path):
-    torch.manual_seed(0)
-    vq = diffusers.VQModel(**DIFFUSERS_CONFIGS[name]).eval()
-    _perturb(vq, 1)
-    x = _photos(photos)
-    with torch.no_grad():
-        _calibrate_codebook(vq.quantize.embedding.weight, vq.encode(x).latents, 2)
-        h = vq.encode(x).latents                                           # quant_conv output
-        _, _, (_, _, idx) = vq.quantize(h)
-        codes = idx.view(h.shape[0], h.shape[2], h.shape[3])
-        z = vq.quantize.embedding.weight[codes].permute(0, 3, 1, 2)
-        recon = vq.decode(z, force_not_quantize=True).sample
-    vq.save_pretrained(tmp_path / "src")
+def _uint8_photos(photos, size: int = 64) -> np.ndarray:
+    """uint8 [2, size, size, 3]: what the ONNX graphs and the server take (`_photos` is the same in [-1, 1])."""
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.Resampling.BICUBIC))
+                     for p in photos[:2]])
 
-    report = import_checkpoint("diffusers", tmp_path / "src", tmp_path / "out")
-    assert report.source_sha256 in (tmp_path / "out" / "README.md").read_text()
-    model = Tokenizer.from_pretrained(tmp_path / "out")
+
+@pytest.fixture(scope="module")
+def diffusers_models(photos, tmp_path_factory):
+    """name → (imported folder, import report, reference outputs computed by diffusers itself)."""
+    out = {}
+    for name, kwargs in DIFFUSERS_CONFIGS.items():
+        tmp = tmp_path_factory.mktemp(name)
+        torch.manual_seed(0)
+        vq = diffusers.VQModel(**kwargs).eval()
+        _perturb(vq, 1)
+        x = _photos(photos)
+        with torch.no_grad():
+            _calibrate_codebook(vq.quantize.embedding.weight, vq.encode(x).latents, 2)
+            h = vq.encode(x).latents                                           # quant_conv output
+            _, _, (_, _, idx) = vq.quantize(h)
+            codes = idx.view(h.shape[0], h.shape[2], h.shape[3])
+            z = vq.quantize.embedding.weight[codes].permute(0, 3, 1, 2)
+            recon = vq.decode(z, force_not_quantize=True).sample
+        vq.save_pretrained(tmp / "src")
+        report = import_checkpoint("diffusers", tmp / "src", tmp / "out")
+        ref = {"x": x, "images": _uint8_photos(photos), "latents": h, "codes": codes, "recon": recon,
+               "codebook": vq.quantize.embedding.weight.detach().clone()}
+        out[name] = (tmp / "out", report, ref)
+    return out
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_CONFIGS))
+def test_diffusers_vqmodel_import_parity(name, diffusers_models):
+    d, report, ref = diffusers_models[name]
+    x, h, codes = ref["x"], ref["latents"], ref["codes"]
+    assert report.source_sha256 in (d / "README.md").read_text()
+    model = Tokenizer.from_pretrained(d)
     with torch.no_grad():
         ours = model.encode(x).numpy()
         np.testing.assert_allclose(model.quant_proj(model.encoder(x)).numpy(), h.numpy(), atol=1e-4, rtol=0)
         ours_recon = model.decoder(model.post_quant_proj(model.quantizer.embed(codes)))
-    _check_codes(ours, codes.numpy(), h, vq.quantize.embedding.weight)
+    _check_codes(ours, codes.numpy(), h, ref["codebook"])
     assert len(np.unique(codes.numpy())) > 4  # the comparison is not between constant code maps
-    assert float((ours_recon - recon).abs().max()) <= 1e-4
+    assert float((ours_recon - ref["recon"]).abs().max()) <= 1e-4
+
+
+def _want_pixels(ref) -> np.ndarray:
+    return to_uint8(ref["recon"]).numpy()  # diffusers' reconstruction, rounded as vqtok rounds its own
+
+
+@pytest.mark.parametrize("name", list(DIFFUSERS_CONFIGS))
+def test_diffusers_vqmodel_parity_through_onnx(name, diffusers_models):
+    """The exported graphs of an imported VQModel against diffusers: codes ≥ 99.9 %, decoder ≤ 1 grey level."""
+    from vqtok.export.onnx import export_model
+    from vqtok.export.runtime import OnnxTokenizer
+
+    d, report, ref = diffusers_models[name]
+    export_model(d)
+    tok = OnnxTokenizer.from_pretrained(d, threads=1)
+    assert tok.metadata.codebook_sha256 == report.codebook_sha256
+    codes = tok.encode_array(ref["images"])
+    assert (codes == ref["codes"].numpy()).mean() >= 0.999
+    ours = tok.decode(ref["codes"].numpy())
+    assert int(np.abs(ours.astype(int) - _want_pixels(ref).astype(int)).max()) <= 1
+
+
+def test_diffusers_vqmodels_through_vqtok_serve(diffusers_models, tmp_path):
+    """All three imported VQModels behind one server: /v1/encode codes and /v1/decode pixels match diffusers."""
+    from vqtok.export.onnx import export_model
+
+    models = tmp_path / "models"
+    for d, _, _ in diffusers_models.values():
+        if not (d / "encoder.onnx").is_file():
+            export_model(d)
+    for name, (d, _, _) in diffusers_models.items():
+        shutil.copytree(d, models / name)
+    args = ["--models-dir", str(models), "--threads", "1", "--max-batch-size", "2"]
+    with LiveServer(args, log=tmp_path / "serve.log") as srv, httpx.Client(base_url=srv.url, timeout=600) as c:
+        for name, (_, report, ref) in diffusers_models.items():
+            want = _want_pixels(ref)
+            for i in range(len(ref["images"])):
+                r = c.post("/v1/encode", files={"image": ("x.png", png(ref["images"][i]), "image/png")},
+                           data={"model": name, "policy": "native"})
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["codebook_sha256"] == report.codebook_sha256
+                assert (np.array(body["codes"]) == ref["codes"][i].numpy()).mean() >= 0.999
+                r = c.post("/v1/decode", json={"codes": ref["codes"][i].tolist(), "model": name})
+                assert r.status_code == 200, r.text
+                img = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+                assert int(np.abs(img.astype(int) - want[i].astype(int)).max()) <= 1
 
 
 def test_diffusers_pre_0_14_attention_names_are_read(photos, tmp_path):

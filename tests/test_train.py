@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 import subprocess
 import sys
@@ -324,6 +325,24 @@ def test_crop_dataset_colour_jitter(photos):
     assert torch.equal(plain[(0, 7)], off[(0, 7)])  # off: the same samples as before the option existed
     assert torch.equal(jit[(0, 7)], jit[(0, 7)])  # a function of the sample seed
     assert sum(not torch.equal(plain[(0, s)], jit[(0, s)]) for s in range(8)) >= 7
+
+
+def test_colour_patches_reach_saturated_corners(photos):
+    from vqtok.tokenizer.data import paint_patches
+
+    base = np.full((64, 64, 3), 128, np.uint8)
+    painted = [paint_patches(base, random.Random(s)) for s in range(400)]
+    assert all(p.shape == base.shape and p.dtype == np.uint8 for p in painted)
+    assert np.array_equal(paint_patches(base, random.Random(3)), paint_patches(base, random.Random(3)))
+    assert sum(not np.array_equal(p, base) for p in painted) == 400  # every call paints something
+    px = np.concatenate([p.reshape(-1, 3) for p in painted]).astype(int)
+    chroma = px.max(1) - px.min(1)
+    assert (chroma >= 250).mean() > 0.02  # vivid, near-primary colours are common, unlike in the photos
+    full = sum(len(np.unique(p.reshape(-1, 3), axis=0)) == 1 for p in painted)
+    assert 60 < full < 250  # whole flat crops occur (a flat image is what the colour eval feeds)
+    off, on = CropDataset(photos[:1], crop=32), CropDataset(photos[:1], crop=32, patches=1.0)
+    assert torch.equal(off[(0, 7)], CropDataset(photos[:1], crop=32, patches=0.0)[(0, 7)])
+    assert all(not torch.equal(off[(0, s)], on[(0, s)]) for s in range(8))
 
 
 def test_init_fine_tunes_from_a_model(tmp_path, tiny_config):

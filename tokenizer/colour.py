@@ -74,14 +74,14 @@ def coverage(images: list[np.ndarray], radius: float = 10.0) -> dict:
             "share_near_colour": near}
 
 
-if __name__ == "__main__":  # python -m vqtok.tokenizer.colour DATA [--split S] [--hue P --saturation LO HI]
+if __name__ == "__main__":  # python -m vqtok.tokenizer.colour DATA [--split S] [--hue P --saturation LO HI --patches P]
     import argparse
     import json
     import random
 
     from PIL import Image
 
-    from .data import jitter_colour, list_images
+    from .data import jitter_colour, list_images, paint_patches
     from .preprocess import open_image
 
     ap = argparse.ArgumentParser(description="colour coverage of a photo set (64² thumbnails), optionally jittered "
@@ -90,6 +90,7 @@ if __name__ == "__main__":  # python -m vqtok.tokenizer.colour DATA [--split S] 
     ap.add_argument("--split", default="train")
     ap.add_argument("--hue", type=float, default=0.0)
     ap.add_argument("--saturation", type=float, nargs=2, default=(1.0, 1.0))
+    ap.add_argument("--patches", type=float, default=0.0)
     args = ap.parse_args()
     rng, thumbs = random.Random(0), []
     for p in list_images(args.data, args.split):
@@ -99,5 +100,7 @@ if __name__ == "__main__":  # python -m vqtok.tokenizer.colour DATA [--split S] 
         if args.hue or tuple(args.saturation) != (1.0, 1.0):
             arr = jitter_colour(arr, rng.random() * 256 if rng.random() < args.hue else 0.0,
                                 rng.uniform(*args.saturation))
+        if args.patches and rng.random() < args.patches:
+            arr = paint_patches(arr, rng)
         thumbs.append(arr)
     print(json.dumps(coverage(thumbs), indent=1))

@@ -5,8 +5,10 @@ an uninterrupted one would, on any number of ranks and workers.
 """
 from __future__ import annotations
 
+import colorsys
 import csv
 import logging
+import math
 import random
 from pathlib import Path
 from typing import Iterator
@@ -55,12 +57,14 @@ class CropDataset(torch.utils.data.Dataset):
     Colour jitter (why: photos rarely hold saturated colours — 0.6 % of the train pixels have CIELAB chroma above
     80 — and a tokenizer trained on them returns a flat saturated green as olive): with probability `hue` a crop's
     hue is rotated by a uniform random angle, and its HSV saturation is scaled by U(`saturation`), clipped.
+    Jitter keeps HSV value and only scales saturation, so it never makes the fully saturated 255/0 primaries; with
+    probability `patches` a crop also gets 1-3 flat rectangles of random colour (`paint_patches`), which do.
     """
 
     def __init__(self, paths: list[Path], crop: int = 128, scale: tuple[float, float] = (1.0, 2.0), flip: bool = True,
-                 hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0)):
+                 hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0), patches: float = 0.0):
         self.paths, self.crop, self.scale, self.flip = paths, crop, scale, flip
-        self.hue, self.saturation = hue, saturation
+        self.hue, self.saturation, self.patches = hue, saturation, patches
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,7 +91,28 @@ class CropDataset(torch.utils.data.Dataset):
         if self.hue > 0 or self.saturation != (1.0, 1.0):  # no draws when off: the samples stay as before
             arr = jitter_colour(arr, rng.random() * 256 if rng.random() < self.hue else 0.0,
                                 rng.uniform(*self.saturation))
+        if self.patches > 0 and rng.random() < self.patches:
+            arr = paint_patches(arr, rng)
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def paint_patches(rgb: np.ndarray, rng: random.Random) -> np.ndarray:
+    """uint8 [H, W, 3] → the same with 1-3 axis-aligned rectangles (each the whole image with probability 1/4) of a
+    flat colour: hue uniform, HSV saturation 1 (p 0.3) or √U, value 1 (p 0.3) or U(0.05, 1), so the whole RGB
+    gamut, its fully saturated edge included, is in the training distribution."""
+    out = np.array(rgb)
+    h, w = out.shape[:2]
+    for _ in range(rng.randint(1, 3)):
+        if rng.random() < 0.25:
+            top, left, ph, pw = 0, 0, h, w
+        else:
+            ph, pw = rng.randint(max(1, h // 8), h), rng.randint(max(1, w // 8), w)
+            top, left = rng.randint(0, h - ph), rng.randint(0, w - pw)
+        sat = 1.0 if rng.random() < 0.3 else math.sqrt(rng.random())
+        value = 1.0 if rng.random() < 0.3 else rng.uniform(0.05, 1.0)
+        r, g, b = colorsys.hsv_to_rgb(rng.random(), sat, value)
+        out[top:top + ph, left:left + pw] = np.round(np.array([r, g, b]) * 255).astype(np.uint8)
+    return out
 
 
 def jitter_colour(rgb: np.ndarray, hue_shift: float, saturation: float) -> np.ndarray:

@@ -45,6 +45,7 @@ class TrainConfig:
     flip: bool = True
     hue: float = 0.0                    # probability of a random hue rotation per crop (data.CropDataset)
     saturation: tuple[float, float] = (1.0, 1.0)  # HSV saturation scaled by U(lo, hi)
+    patches: float = 0.0                # probability of flat random-colour rectangles on a crop (data.paint_patches)
     init: str | None = None             # fine-tune: start from this model folder or id (same architecture)
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
@@ -251,7 +252,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         paths = list_images(cfg.data, cfg.split)
-        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip, cfg.hue, cfg.saturation)
+        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip, cfg.hue, cfg.saturation, cfg.patches)
         sampler = ResumableSampler(len(dataset), cfg.seed, self.step * cfg.batch_size * self.world, self.rank, self.world)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                                              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0,
