@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterator
+
+from vqtok.tokenizer.hub import file_sha256
 
 from .shards import read_shard_info, shard_name
 
@@ -59,14 +60,6 @@ def check_or_write_state(dst: Path, state: dict) -> bool:
         raise ValueError(f"{dst} has shard files but no {STATE_FILE}; use a new (empty) DST")
     atomic_write_text(path, json.dumps(state, indent=2))
     return False
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(dst: Path, state: dict, n_shards: int) -> dict:

@@ -54,3 +54,12 @@ def read_codebook_sha256(model_dir: str | Path) -> str:
     from safetensors.numpy import load_file
 
     return codebook_sha256(load_file(str(Path(model_dir) / WEIGHTS_FILE))["quantizer.codebook"])
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (checkpoints and shards can be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

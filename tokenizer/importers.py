@@ -7,7 +7,6 @@ without running pickled code. The output folder is what `Tokenizer.from_pretrain
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .contract import CONFIG_FILE as DIFFUSERS_CONFIG  # diffusers names its config file as vqtok does
+from .hub import file_sha256
 from .layouts import from_source
 from .model import Tokenizer, TokenizerConfig
 from .safe_load import load_checkpoint
@@ -139,14 +139,6 @@ def preset_config(name: str) -> TokenizerConfig:
 
 
 # -- reading sources -------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_llamagen(src: Path, config: str | Path | None) -> tuple[TokenizerConfig, dict, list[str]]:
     if config is None:
         raise ValueError("LlamaGen checkpoints do not record the model's architecture: pass --config with a JSON "
@@ -242,7 +234,7 @@ def import_checkpoint(fmt: str, src: str | Path, out: str | Path, config: str | 
                          f"training entries {', '.join(_TRAINING_ENTRIES)}")
     state, ignored = from_source({k: v for k, v in sd.items() if k not in loss}, cfg, fmt)
     file = _source_file(fmt, src)
-    sha = _sha256(file)
+    sha = file_sha256(file)
     out = Path(out)
     cfg.model_id = model_id or out.name
     cfg.origin = f"{fmt}:{file.name} sha256:{sha}"
