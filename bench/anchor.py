@@ -11,7 +11,6 @@ Bench only.
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vqtok.export.runtime import OnnxTokenizer
-from vqtok.server.apis import png_bytes
+from vqtok.server.apis import json_bytes, png_bytes
 from vqtok.server.edge import Limits, image_bytes, parse_body, parse_codes, prepare_image, text_field
 from vqtok.server.errors import ApiError, error_response
 from vqtok.server.registry import read_entry
@@ -60,8 +59,8 @@ async def encode(request: Request) -> Response:
     h, w = grid.shape
     reply = {"model": entry.id, "codebook_size": entry.codebook_size, "codebook_sha256": entry.codebook_sha256,
              "factor": entry.factor, "policy": "resize", "input_size": list(valid), "shape": [h, w],
-             "codes": grid.tolist()}
-    return Response(json.dumps(reply).encode(), media_type="application/json")
+             "codes": grid}
+    return Response(json_bytes(reply), media_type="application/json")
 
 
 async def decode(request: Request) -> Response:

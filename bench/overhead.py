@@ -1,17 +1,17 @@
 """Serving overhead with a null model: what `vqtok serve` costs per request beyond inference, against an anchor.
 
-    nice -n 10 python -m bench.overhead [--configs default fast-queue api-servers-2] [--rounds 2] [--seconds 4]
+    python -m bench.overhead [--configs litserve default] [--rounds 2] [--seconds 5] [--client wrk]
 
 The model is bench/null_model.py's (a real tokenizer's I/O contract, almost no compute), so every CPU-millisecond
 measured is serving work. Each configuration is a real server on loopback: `anchor` is bench/anchor.py under
-uvicorn (the same edge parsing, preprocessing, ONNX Runtime call and replies in-process, no queue) with as many
-processes as the default server has busy for one endpoint (1 HTTP process + 1 inference worker = 2); the others
-are `vqtok serve` with extra flags. Cells: encode (a 256² JPEG upload, JSON codes back), decode to PNG and decode
-to a raw uint8 .npy image, at each concurrency. Per cell: requests/s, p50/p99 latency, and CPU-ms per request of
-each server role (from /proc: `http` the uvicorn processes, `queue` LitServe's multiprocessing manager or ZeroMQ
-broker, `worker` the inference worker(s), `main` the serving process) and of the load generator. Configurations
-run in interleaved rounds (A B C A B C), and every ratio to the anchor is taken within one round: this 2-core
-machine is shared, and load that drifts hits neighbouring measurements alike.
+uvicorn (the same edge parsing, preprocessing, ONNX Runtime call and replies in-process, no queue) with one process
+per core; the others are `vqtok serve` with the flags in SERVE_CONFIGS. Cells: encode (a 256² JPEG upload, JSON
+codes back), decode to PNG and decode to a raw uint8 .npy image, at each concurrency. Per cell: requests/s, p50/p99
+latency, and CPU-ms per request of each server role (from /proc: `http` the uvicorn processes, `queue` LitServe's
+multiprocessing manager, `worker` the inference worker(s), `main` the serving process) and of the load generator
+(bench/wrk.py when wrk is installed: the Python client costs as much CPU as the server it loads). Configurations
+run in interleaved rounds (A B C A B C), and every ratio to the anchor is taken within one round, so that load that
+drifts on a shared machine hits neighbouring measurements alike.
 """
 from __future__ import annotations
 
@@ -29,19 +29,24 @@ from pathlib import Path
 
 import numpy as np
 
+from . import wrk
 from .common import REPO, RESULTS_DIR, machine, now_utc
 from .serving import Server, _load, free_port, test_image
 
 SERVE_CONFIGS: dict[str, list[str]] = {  # `vqtok serve` flags of each configuration
-    "polling": ["--polling-loop"],  # the defaults before 2026-12-01: LitServe's batch loop
-    "polling+fast-queue": ["--polling-loop", "--fast-queue"],
-    "polling+api-servers-2": ["--polling-loop", "--api-servers", "2"],
-    "default": [],  # BlockingBatchedLoop (server/patches.py)
-    "fast-queue": ["--fast-queue"],
-    "api-servers-2": ["--api-servers", "2"],
-    "png-in-worker": ["--png-in-worker"],  # the default, but PNG replies encoded in the worker (before 2026-12-01)
+    "default": [],  # today's defaults
+    # the defaults before 2026-12-02: LitServe's manager queues, one HTTP process, a 2 ms batch window, ORT spinning
+    "litserve": ["--queue", "litserve", "--api-servers", "1", "--batch-timeout", "0.002", "--ort-spin"],
+    "polling": ["--queue", "litserve", "--api-servers", "1", "--batch-timeout", "0.002", "--ort-spin",
+                "--polling-loop"],  # and LitServe's own batch loop (the defaults before 2026-12-01)
+    # one of today's defaults reverted at a time (A/B)
+    "litserve-queue": ["--queue", "litserve"],
+    "api-servers-1": ["--api-servers", "1"],
+    "batch-2ms": ["--batch-timeout", "0.002"],
+    "ort-spin": ["--ort-spin"],
+    "png-in-worker": ["--png-in-worker"],
 }
-ANCHOR_PROCS = 2
+ANCHOR_PROCS = 2  # uvicorn processes of the anchor: one per core of the dev machine
 
 
 class AnchorServer(Server):
@@ -109,17 +114,20 @@ def payloads(size: int, codes: np.ndarray) -> dict[str, tuple[str, dict]]:
             "decode-npy": ("/v1/decode", npy | {"params": {"format": "npy"}})}
 
 
-def measure(server: Server, cells: list[tuple[str, int]], reqs: dict, seconds: float) -> list[dict]:
+def measure(server: Server, cells: list[tuple[str, int]], reqs: dict, seconds: float, client: str) -> list[dict]:
     rows = []
     for endpoint, c in cells:
         path, kw = reqs[endpoint]
         asyncio.run(_load(server.url, path, kw, c, max(8, c), 5.0, warmup=min(c, 8)))  # warm-up, not counted
         cpu0, own0 = cpu_by_role(server), time.process_time()
-        cell = asyncio.run(_load(server.url, path, kw, c, 10**6, seconds, warmup=0))
+        if client == "wrk":
+            cell = wrk.load(server.url, path, kw, c, seconds)
+        else:
+            cell = asyncio.run(_load(server.url, path, kw, c, 10**6, seconds, warmup=0))
         cpu1, own1 = cpu_by_role(server), time.process_time()
         n = max(1, cell["requests"] + cell["errors"])
         cpu = {r: round(1e3 * (cpu1.get(r, 0.0) - cpu0.get(r, 0.0)) / n, 2) for r in cpu1}
-        cpu["load_generator"] = round(1e3 * (own1 - own0) / n, 2)
+        cpu["load_generator"] = round(1e3 * cell.get("client_cpu_s", own1 - own0) / n, 2)
         rows.append({"endpoint": endpoint, "concurrency": c, "rps": cell["throughput_rps"], "p50_ms": cell["p50_ms"],
                      "p99_ms": cell["p99_ms"], "requests": cell["requests"], "errors": cell["errors"],
                      "cpu_ms_per_request": cpu})
@@ -127,7 +135,7 @@ def measure(server: Server, cells: list[tuple[str, int]], reqs: dict, seconds: f
 
 
 def run(configs: list[str], concurrency: list[int], endpoints: list[str], rounds: int, seconds: float,
-        work: Path, out_path: Path | None = None) -> dict:
+        work: Path, out_path: Path | None = None, client: str = "httpx") -> dict:
     from vqtok.export.runtime import OnnxTokenizer
 
     from .null_model import build
@@ -152,7 +160,7 @@ def run(configs: list[str], concurrency: list[int], endpoints: list[str], rounds
                 raise
             with server:
                 time.sleep(1.0)  # let start-up work settle
-                for row in measure(server, cells, reqs, seconds):
+                for row in measure(server, cells, reqs, seconds, client):
                     row |= {"config": label, "round": r}
                     results.append(row)
                     cpu = " ".join(f"{k}={v}" for k, v in row["cpu_ms_per_request"].items())
@@ -162,6 +170,7 @@ def run(configs: list[str], concurrency: list[int], endpoints: list[str], rounds
                           f"p50 {row['p50_ms']:6.1f} p99 {row['p99_ms']:6.1f} ms  cpu-ms/req {cpu} "
                           f"[{row['errors']} err]", flush=True)
     return {"date": now_utc(), "machine": machine(), "configs": configs, "anchor_processes": ANCHOR_PROCS,
+            "client": client,
             "serve_flags": {k: SERVE_CONFIGS.get(k, k.split()) for k in configs if k != "anchor"},
             "seconds_per_cell": seconds, "rows": results, "summary": summarize(results)}
 
@@ -249,7 +258,7 @@ def table(summary: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["polling", "polling+fast-queue", "polling+api-servers-2", "default"],
+    ap.add_argument("--configs", nargs="+", default=["litserve", "default"],
                     help="names from SERVE_CONFIGS, or quoted `vqtok serve` flags; the anchor is always added")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--endpoints", nargs="+", default=["encode", "decode-png", "decode-npy"])
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--multi", type=int, metavar="N", help="instead: N-image encode requests with the real --model "
                     "(default: the shipped default) vs raw ONNX Runtime at batch N")
     ap.add_argument("--model", help="with --multi: model folder or id")
+    ap.add_argument("--client", choices=["wrk", "httpx"], help="load generator (default: wrk when installed)")
     ap.add_argument("--report", metavar="JSON", help="only print the table of a (possibly partial) earlier run")
     args = ap.parse_args(argv)
     if args.report:
@@ -275,8 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
         return out
     with tempfile.TemporaryDirectory(prefix="vqtok-overhead-") as tmp:
+        client = args.client or ("wrk" if wrk.available() else "httpx")
         out = run(["anchor", *args.configs], args.concurrency, args.endpoints, args.rounds, args.seconds, Path(tmp),
-                  Path(args.out))
+                  Path(args.out), client)
     out["command"] = "python -m bench.overhead " + " ".join(argv if argv is not None else sys.argv[1:])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

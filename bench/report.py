@@ -174,7 +174,7 @@ def findings(res: dict) -> list[str]:
                 why = ("a lone request waits for the batching window to close before it runs" if gain >= 5 else
                        "the batching window is not what separates served from raw latency here")
                 out.append(f"Concurrency 1, {r['endpoint']}: p50 − raw is {base['p50_minus_raw_batch_ms']:+.1f} ms with the "
-                           f"default {1e3 * srv.get('batch_timeout_s', 0.002):.0f} ms batching window and "
+                           f"default {1e3 * srv.get('batch_timeout_s', 0.002):g} ms batching window and "
                            f"{r['p50_minus_raw_batch_ms']:+.1f} ms with \"{v['label']}\": {why}.")
     hi = [r for r in srv.get("rows", []) if r["concurrency"] >= 8 and r.get("cpu_ms_per_request")]
     if hi:

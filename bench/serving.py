@@ -311,6 +311,7 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
     "cells": [(endpoint, C), ...]}) measured
     the same way, for the "why" behind a number (e.g. the batching window at concurrency 1)."""
     from vqtok.export.runtime import OnnxTokenizer
+    from vqtok.server.app import default_batch_timeout
 
     threads = threads or cores()
     tok = OnnxTokenizer.from_pretrained(model_dir, device=device, threads=threads)
@@ -328,7 +329,8 @@ def serving(model_dir: Path, concurrency: list[int], endpoints: list[str], secon
                       threads, seconds, max_requests, max_batch_size, raw_s, client_procs=client_procs)
         mem = server.memory()
     out = {"model_dir": str(model_dir), "threads": threads, "max_batch_size": max_batch_size,
-           "batch_timeout_s": batch_timeout if batch_timeout is not None else 0.002, "device": device,
+           "batch_timeout_s": batch_timeout if batch_timeout is not None else default_batch_timeout(device),
+           "device": device,
            "server_command": " ".join(server.args[1:]), "startup_s": startup_s, "image_size": size,
            "upload_bytes": len(jpeg), "rows": rows, "memory": mem, "variants": []}
     for v in variants or []:

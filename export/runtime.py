@@ -81,6 +81,11 @@ def validate_codes(codes, codebook_size: int, factor: int, max_side: int | None 
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
+# ORT's intra-op threads spin-wait between ops by default. Where the same cores also decode images or serve HTTP,
+# spinning threads burn those cycles: session config for such processes (pipeline/work.py, server/apis.py measure it)
+NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+
+
 class OnnxTokenizer:
     """Encode images to codes and decode codes to images with ONNX Runtime. Build with `from_pretrained`."""
 

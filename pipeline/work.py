@@ -73,19 +73,18 @@ def load_item(index: int, item: Item, prep: Prep) -> Prepared | dict:
     return Prepared(index, item.key, digest, crop.source_width, crop.source_height, arr)
 
 
-# ORT's intra-op threads spin-wait between ops by default. In a pipeline the same cores also read, decode and resize
-# images, and spinning threads burn those cycles. On the 2-core dev box (batch 8, medians of interleaved runs), raw
+# No ORT spin-waiting (export.runtime.NO_SPIN): in a pipeline the same cores also read, decode and resize images.
+# On the 2-core dev box (batch 8, medians of interleaved runs), raw
 # encode without spinning was as fast as with it while only niced jobs ran (0.99×), 6-26 % faster while other jobs
 # competed, and did 11-32 % more images per CPU-second; `pipeline.bench` measures raw encode on both settings.
 # Codes are the same either way.
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 def load_tokenizer(model: str, device: str = "cpu", threads: int | None = None) -> Any:
     """The `OnnxTokenizer` both engines encode with: `model`'s graphs with the pipeline's session settings."""
-    from vqtok.export.runtime import OnnxTokenizer
+    from vqtok.export.runtime import NO_SPIN, OnnxTokenizer
 
-    return OnnxTokenizer.from_pretrained(model, device=device, threads=threads, session_config=SESSION_CONFIG)
+    return OnnxTokenizer.from_pretrained(model, device=device, threads=threads, session_config=NO_SPIN)
 
 
 def encode_batch(tok: Any, images: np.ndarray) -> np.ndarray:

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import json
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 
 import litserve as ls
 import numpy as np
+import orjson
 from PIL import Image
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,8 +32,9 @@ from starlette.responses import Response
 from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics, telemetry
+from .direct import Dispatcher, DirectLoop, listen
 from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
-                   text_field)
+                   small_image, text_field)
 from .errors import ApiError, bad_request, error_response
 from .guards import name_process, watch_parent
 from .patches import BlockingBatchedLoop
@@ -49,6 +50,20 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr), "RGB").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def json_bytes(obj: Any) -> bytes:
+    """A JSON reply body; numpy arrays (code grids) become nested lists (orjson: 11 vs 107 µs for a 32×32 grid's
+    reply with json.dumps + tolist())."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):  # e.g. a non-contiguous view orjson does not take directly
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def ok(body: bytes, media_type: str, headers: dict | None = None) -> dict:
@@ -77,19 +92,23 @@ class TokenizerAPI(ls.LitAPI):
 
     def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
                  threads: int | None = None, ort_batch: int | None = None, polling_loop: bool = False,
-                 png_in_worker: bool = False) -> None:
-        # LitServe's loop polls the request queue every 1 ms; ours waits (patches.BlockingBatchedLoop)
-        loop = BlockingBatchedLoop() if max_batch_size > 1 and not polling_loop else "auto"
+                 png_in_worker: bool = False, socket_dir: str | None = None, ort_spin: bool = False) -> None:
+        # socket_dir: requests come over the workers' sockets (direct.py), not LitServe's queues. With LitServe's
+        # queues, its loop polls the request queue every 1 ms; ours waits (patches.BlockingBatchedLoop)
+        loop = DirectLoop() if socket_dir else \
+            BlockingBatchedLoop() if max_batch_size > 1 and not polling_loop else "auto"
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=f"/v1/{self.endpoint}",
                          loop=loop)
         self.registry, self.limits, self.threads = registry, limits, threads
         self.ort_batch = ort_batch  # images per ONNX Runtime call; None: decided in setup() by the device
         self.png_in_worker = png_in_worker  # PNG replies encoded by the worker (before 2026-12-01), not the edge
+        self.socket_dir = socket_dir
+        self.ort_spin = ort_spin  # CPU: ORT's intra-op threads spin-wait between ops (off unless asked: see setup)
         self.models: dict = {}
 
     # -- worker half ------------------------------------------------------------------------------------------------
     def setup(self, device: str) -> None:
-        from vqtok.export.runtime import OnnxTokenizer
+        from vqtok.export.runtime import NO_SPIN, OnnxTokenizer
 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process drains HTTP first, then stops workers
         watch_parent()  # exit with the main process, even after its kill -9
@@ -111,8 +130,10 @@ class TokenizerAPI(ls.LitAPI):
             # for all of the worker's sessions, which run one at a time (both graphs: 0.75 GiB, same speed). GPUs
             # keep ORT's defaults (not measured there).
             cpu = kind == "cpu"
+            # CPU: no spin-waiting; the HTTP processes share these cores (docs/PERFORMANCE.md, serving overhead)
+            spin = None if self.ort_spin or not cpu else NO_SPIN
             tok = OnnxTokenizer.from_pretrained(entry.path, device=kind, threads=self.threads, graphs=self.graphs,
-                                         mem_pattern=not cpu, shared_arena=cpu)
+                                                mem_pattern=not cpu, shared_arena=cpu, session_config=spin)
             s, f = entry.image_size, entry.factor  # warm-up: first runs allocate arenas (and tune cuDNN on GPUs)
             codes = np.zeros((1, s // f, s // f), np.int32)
             if tok.encoder is not None:
@@ -120,6 +141,8 @@ class TokenizerAPI(ls.LitAPI):
             if tok.decoder is not None:
                 tok.decode(codes)
             self.models[mid] = tok
+        if self.socket_dir:  # last: the HTTP processes connect once the models are loaded
+            self.listener = listen(self.socket_dir, self.endpoint)
         logger.info("%s worker ready on %s: %s", self.api_path, device, ", ".join(self.models))
 
     def decode_request(self, request: dict) -> dict:
@@ -170,7 +193,7 @@ class TokenizerAPI(ls.LitAPI):
                 entries.append(it if "error" in it else
                                {"error": {"code": "internal_error", "message": failed()["message"]}, "status": 500}
                                if out is None else self.entry(req["model"], {**req, **it}, out))
-            results.append(ok(json.dumps({"results": entries}).encode(), "application/json",
+            results.append(ok(json_bytes({"results": entries}), "application/json",
                               {"X-Vqtok-Model": req["model"]}))
         return results
 
@@ -256,6 +279,14 @@ class TokenizerAPI(ls.LitAPI):
     async def parse(self, request: Request) -> dict:
         raise NotImplementedError
 
+    _dispatcher: Dispatcher | None = None  # made on first use, in each HTTP process (after the fork)
+
+    def dispatcher(self) -> Dispatcher:
+        """This HTTP process's connections to this endpoint's workers (direct.py)."""
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(self.socket_dir, self.endpoint)
+        return self._dispatcher
+
     async def respond(self, result: dict) -> Response:
         """A worker's result → the HTTP response (PNG replies are encoded here, in a thread: zlib releases the GIL)."""
         if result.get("status") != 200:
@@ -274,7 +305,9 @@ class TokenizerAPI(ls.LitAPI):
         payload["input"] = text_field(body.fields, "input", "none", ("none", "png")) == "png"
         blobs = image_items(body, self.limits)
         if blobs is None:
-            arr, valid = await asyncio.to_thread(prepare_image, image_bytes(body), entry, policy, self.limits)
+            data = image_bytes(body)
+            arr, valid = prepare_image(data, entry, policy, self.limits) if small_image(data) else \
+                await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
             return payload | {"image": arr, "valid": valid}
         if fmt not in self.multi_formats:
             raise bad_request(f"format {fmt!r} takes one image per request; a multi-image request replies JSON "
@@ -331,7 +364,7 @@ class EncodeAPI(TokenizerAPI):
         e = self.registry.models[mid]
         out = {"model": mid, "codebook_size": e.codebook_size, "codebook_sha256": e.codebook_sha256,
                "factor": e.factor, "policy": item["policy"], "input_size": list(item["valid"]),
-               "shape": list(grid.shape), "codes": grid.tolist()}
+               "shape": list(grid.shape), "codes": grid}
         if item.get("input"):
             vh, vw = item["valid"]
             out["input_png"] = base64.b64encode(png_bytes(item["image"][:vh, :vw])).decode("ascii")
@@ -345,7 +378,7 @@ class EncodeAPI(TokenizerAPI):
             buf = io.BytesIO()
             np.save(buf, grid.astype(np.int64))
             return ok(buf.getvalue(), "application/x-npy", headers)
-        return ok(json.dumps(self.entry(mid, item, grid)).encode(), "application/json", headers)
+        return ok(json_bytes(self.entry(mid, item, grid)), "application/json", headers)
 
 
 class DecodeAPI(TokenizerAPI):
@@ -422,7 +455,7 @@ def image_reply(mid: str, img: np.ndarray, fmt: str, png_in_worker: bool = False
     if fmt == "npy":  # no PNG encoding at all: the cheapest reply for a client that wants pixels
         return ok(npy_bytes(img), "application/x-npy", headers)
     if fmt == "json":
-        return ok(json.dumps(image_entry(mid, img, fmt)).encode(), "application/json", headers)
+        return ok(json_bytes(image_entry(mid, img, fmt)), "application/json", headers)
     return ok(png_bytes(img), "image/png", headers) if png_in_worker else png_later(img, headers)
 
 

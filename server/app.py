@@ -22,7 +22,9 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +58,17 @@ class Settings:
     # behind 4 HTTP processes gave 300-320, the best of the layouts measured — docs/BENCHMARKS.md, GPU)
     workers: int | None = None
     max_batch_size: int = 8
-    batch_timeout: float = 0.002  # seconds a batch waits to fill (bench: 10 ms cost p50 at c=1 more than it gained)
+    batch_timeout: float | None = None  # seconds a batch waits to fill (None: per device, see default_batch_timeout)
     max_pixels: int = 4096 * 4096  # decoded source images and decoded outputs
     max_body_mb: float = 32.0
     max_items: int = MAX_ITEMS  # images (or code grids) in one multi-item request
     api_key: str | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
+    queue: str = "direct"  # "direct": Unix sockets to the workers (direct.py); "litserve": LitServe's manager queues
     polling_loop: bool = False  # LitServe's own batch collection (polls every 1 ms): only to measure against
+    ort_spin: bool = False  # CPU: ORT intra-op threads spin-wait between ops (off: they took cycles from HTTP)
     png_in_worker: bool = False  # PNG replies encoded in the worker instead of the HTTP process: to measure against
-    fast_queue: bool = False  # replies over ZeroMQ instead of LitServe's manager queues (server/patches.py)
     timeout: float = 60.0  # seconds from a parsed request to its reply (queue + inference): then a 504
     read_timeout: float = 30.0  # seconds a request body may take to arrive once the server reads it: then a 408
     large_slots: int = 1  # requests larger than S×S queued at once per endpoint and HTTP process (head-of-line)
@@ -92,6 +95,25 @@ def default_workers(device: str) -> int:
     return 4 if device == "cuda" else 1
 
 
+def default_batch_timeout(device: str) -> float:
+    """Seconds a worker waits for batch-mates after a batch's first request when `--batch-timeout` is not given.
+
+    CPU: 0, take what is queued. A CPU worker runs one image per ONNX Runtime call (`ort_batch`), so batch-mates save
+    no compute and the wait is pure latency (null model, 2 cores, c = 1: p50 7.0 → 4.3 ms; docs/PERFORMANCE.md).
+    GPUs: 2 ms, where one call for the whole batch is what makes the GPU fast (10 ms cost p50 at c = 1 more than it
+    gained, docs/BENCHMARKS.md)."""
+    return 0.002 if device == "cuda" else 0.0
+
+
+def default_api_servers(device: str, devices: int, workers: int) -> int:
+    """HTTP processes when `--api-servers` is not given: one per core on CPU (they parse and decode the uploads,
+    the larger share of a CPU request's serving work: one HTTP process capped a null-model server at one core,
+    docs/PERFORMANCE.md); on GPUs one per inference worker."""
+    if device == "cuda":
+        return max(1, devices * workers)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_per_worker(settings: Settings, devices: int) -> int:
     """Intra-op threads so that the workers of one endpoint together use the cores once.
 
@@ -114,6 +136,10 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
     def __init__(self, registry: Registry, settings: Settings) -> None:
         if settings.device not in ("cpu", "cuda"):
             raise ValueError(f"--device must be 'cpu' or 'cuda', got {settings.device!r}")
+        if settings.queue not in ("direct", "litserve"):
+            raise ValueError(f"--queue must be 'direct' or 'litserve', got {settings.queue!r}")
+        if settings.queue == "direct" and settings.polling_loop:
+            raise ValueError("--polling-loop changes how workers read LitServe's queue: use it with --queue litserve")
         devices = 1
         if settings.device == "cuda":
             devices = _check_cuda()
@@ -121,12 +147,18 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             Image.MAX_IMAGE_PIXELS = 89_478_485
         if settings.workers is None:
             settings = dataclasses.replace(settings, workers=default_workers(settings.device))
+        if settings.batch_timeout is None:
+            settings = dataclasses.replace(settings, batch_timeout=default_batch_timeout(settings.device))
         self.registry, self.settings = registry, settings
         metrics.get()  # the shared metrics directory, before any worker or HTTP process starts
         self.telemetry = telemetry.Telemetry(registry, metrics.get().path, settings.telemetry_window)
         threads = threads_per_worker(settings, devices)
+        # the workers' sockets (direct.py): private to the serving user, removed when the server stops
+        self.socket_dir = tempfile.mkdtemp(prefix="vqtok-") if settings.queue == "direct" else None
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
-                    settings.ort_batch, settings.polling_loop, settings.png_in_worker) for cls in API_CLASSES]
+                    settings.ort_batch, settings.polling_loop, settings.png_in_worker, self.socket_dir,
+                    settings.ort_spin)
+                for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,
                          timeout=settings.timeout, model_metadata=registry.describe(), restart_workers=True,
@@ -137,8 +169,6 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
                                    for api in apis})
         self._sockets: list = []
         self.uvicorn_graceful_timeout = settings.graceful_timeout
-        if settings.fast_queue:
-            patches.use_zmq_transport(self)
         patches.drop_gzip(self.app)
         install_error_handlers(self.app)
         install_docs(self.app, "vqtok", __version__)
@@ -201,6 +231,8 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             super().run(*args, **kwargs)
         finally:
             reap_children()
+            if self.socket_dir:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
         if self.watch.fatal:
             raise RuntimeError(self.watch.fatal)
 
@@ -263,7 +295,7 @@ def serve(server: VqtokServer, host: str = "127.0.0.1", port: int = 8000, api_se
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if api_servers is None:
-        api_servers = max(1, len(server.devices) * server.settings.workers)
+        api_servers = default_api_servers(server.settings.device, len(server.devices), server.settings.workers)
     logging.getLogger("uvicorn.access").addFilter(QueryRedactingFilter())  # inherited by the forked HTTP processes
     server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
 

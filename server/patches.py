@@ -8,7 +8,7 @@ behavioural tests there and in test_server*.py check that each override still do
 | override | upstream behaviour it changes | why |
 |---|---|---|
 | `EdgeHandler._prepare_request` | LitServe parses the body with `request.form()` / `request.json()` and queues that | our `parse` validates and preprocesses at the edge (HTTP process), so only good payloads are queued |
-| `EdgeHandler.handle_request` (`wait_for_reply`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts, finished into a `Response` (or our JSON error shape) by the LitAPI's `respond` in the HTTP process; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
+| `EdgeHandler.handle_request` (`wait_for_reply` with `--queue litserve`) | worker outputs are returned as-is; errors become LitServe `HTTPException`s; the reply is awaited with no deadline (`timeout` only bounds the queue); a worker's death is noticed only in the main process's buffer, never in the HTTP processes' | worker results are plain dicts, finished into a `Response` (or our JSON error shape) by the LitAPI's `respond` in the HTTP process; end-to-end `--timeout` → 504; a dead worker's in-flight requests → 503 + Retry-After (`guards.ProcessWatch`) |
 | `ServerOverrides._start_server` | the listening socket stays private to `run()`; uvicorn gets no header timeout | the socket is shut at SIGTERM (new clients refused at once, not queued for nobody); `HeaderDeadlineProtocol`; the process watch starts |
 | `HeaderDeadlineProtocol` (uvicorn's `HttpToolsProtocol`) | no request-header timeout; the keep-alive timer is cancelled by the first byte | a client trickling header bytes (slowloris) is disconnected after `--header-timeout` |
 | `ServerOverrides._register_api_endpoints` | one POST route per LitAPI with LitServe's handler and its per-route auth dependency | our handler, an OpenAPI request body, reply types and error replies per endpoint; auth is a middleware over every route |
@@ -18,12 +18,16 @@ behavioural tests there and in test_server*.py check that each override still do
 | `replace_index` | `GET /` answers "litserve running" (with LitServe's per-route auth dependency) | `/` is vqtok's web page (server/page.py), open like `/health` |
 | `hide_bind_banner` + `wait_until_ready` (in `_start_server`) | uvicorn logs "Uvicorn running on …" when `run()` binds the socket, seconds before any HTTP process listens (workers load first) | the banner is dropped; one "ready on …" line is logged once the port answers /health 200 |
 | `drop_gzip` | every reply over 1 kB is gzipped | PNG / .npy bodies do not shrink; gzip only costs HTTP-process CPU |
-| `use_zmq_transport` (`FixedZMQTransport`, `create_transport`) | `fast_queue=True` is dropped (`TransportConfig(transport_config=…)`), the factory swaps the broker's two addresses, `close()` raises in a process that never used it | `--fast-queue`: replies over ZeroMQ instead of a multiprocessing-manager round trip |
 | `BlockingBatchedLoop.get_batch_requests` | a worker collects a batch by polling the request queue every 1 ms (`collate_requests`): each poll is a round trip to the multiprocessing manager, idle or not | block on the queue for the first request, then gather the rest within `batch_timeout`: an idle worker costs no CPU (on 2 cores the idle decode and reconstruct workers' polling took CPU from a loaded encode endpoint; measured in docs/PERFORMANCE.md) |
 | `multiprocess_values` | prometheus_client picks its value class once, at import | metrics must go to the shared multiprocess directory even if prometheus_client was imported before it existed |
 
+Not an override: the default request path (server/direct.py) reaches the workers through LitAPI's public `loop=`
+and our handler; `wait_for_reply` and `BlockingBatchedLoop` serve `--queue litserve`, LitServe's own queues.
+
 Removed: setting Starlette's private `request._body` so that `request.form()` would parse a body `edge.read_body`
-had already read under its size limit; `edge` now runs Starlette's `MultiPartParser` on those bytes itself.
+had already read under its size limit (`edge` now runs Starlette's `MultiPartParser` on those bytes itself); the
+ZeroMQ reply transport behind `--fast-queue` (fixing `fast_queue=True`, a no-op in LitServe 0.2.19, and its swapped
+broker addresses): no measurable gain (docs/PERFORMANCE.md), and the direct path has no manager round trips left.
 """
 from __future__ import annotations
 
@@ -45,16 +49,12 @@ from fastapi.responses import PlainTextResponse
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
 from litserve.server import RegularRequestHandler, ResponseBufferItem
-from litserve.transport.factory import TransportConfig, create_transport_from_config
-from litserve.transport.zmq_queue import Broker
-from litserve.transport.zmq_transport import ZMQTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 from starlette.middleware.gzip import GZipMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .errors import ApiError, openapi_errors
-
-RETRY_AFTER_S = 2
+from .direct import no_reply, worker_gone
+from .errors import openapi_errors
 
 logger = logging.getLogger("vqtok.server")
 
@@ -92,10 +92,6 @@ UPSTREAM: dict[str, str] = {
     "uvicorn.config:Config.bind_socket": "97f8fea4957ccbfe",
     # drop_gzip: LitServer.__init__ appends GZipMiddleware to the middlewares
     "litserve.server:LitServer.__init__": "350eca8266eabafb",
-    # ZeroMQ transport
-    "litserve.transport.factory:create_transport_from_config": "f5729b5c2ff05700",
-    "litserve.transport.zmq_transport:ZMQTransport": "7af0b555a3b42946",
-    "litserve.server:LitServer._init_manager": "ec955dbe647ca5b4",
     # BlockingBatchedLoop: replaces collate_requests in BatchedLoop's run_batched_loop (via get_batch_requests)
     "litserve.loops.base:collate_requests": "5453b1085a2ec251",
     "litserve.loops.base:LitLoop.get_batch_requests": "2a9756030ebefe7f",
@@ -134,7 +130,10 @@ class EdgeHandler(RegularRequestHandler):
         start = time.monotonic()
         async with self.lit_api.admission(payload, timeout):  # large requests: a few at a time (head-of-line)
             left = None if not timeout or timeout < 0 else max(0.001, timeout - (time.monotonic() - start))
-            result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
+            if self.lit_api.socket_dir:  # direct.py: straight to a worker's socket
+                result = await self.lit_api.dispatcher().call(payload, left)
+            else:
+                result = await wait_for_reply(self, payload, left, self.server.watch.of(self.lit_api.api_path))
         return await self.lit_api.respond(result)
 
 
@@ -152,8 +151,7 @@ async def wait_for_reply(handler, payload: dict, timeout: float | None,
         while True:
             wait = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
             if wait <= 0:
-                raise ApiError(504, "timeout", f"no reply within the server's {timeout:g} s timeout; the server is "
-                               "overloaded: retry later or send smaller requests")
+                raise no_reply(timeout)
             try:
                 await asyncio.wait_for(event.wait(), wait)
                 break
@@ -162,9 +160,7 @@ async def wait_for_reply(handler, payload: dict, timeout: float | None,
                 # still queued is left for the restarted worker
                 wid = item.worker_id
                 if wid is not None and generations()[wid] != before[wid]:
-                    raise ApiError(503, "worker_restarting", "the inference worker serving this request stopped "
-                                   "and is being restarted: retry", headers={"Retry-After": str(RETRY_AFTER_S)}) \
-                        from None
+                    raise worker_gone() from None
         response, status = item.response
     finally:
         handler.server.response_buffer.pop(uid, None)  # a late reply for a gone uid is dropped by LitServe
@@ -393,35 +389,6 @@ class BlockingBatchedLoop(BatchedLoop):
             except Empty:
                 break
         return payloads, timed_out
-
-
-# -- ZeroMQ reply transport (--fast-queue) ---------------------------------------------------------------------------
-class FixedZMQTransport(ZMQTransport):
-    def close(self, **kwargs) -> None:
-        if self._zmq is not None:  # the serving process only owns the broker: nothing to close here
-            self._zmq.close()
-
-    def __reduce__(self):  # rebuilt in every worker and HTTP process: keep this class there too
-        return FixedZMQTransport, (self.backend_address, self.frontend_address)
-
-
-def create_transport(config: TransportConfig):
-    """LitServe's factory, with the broker's addresses passed in the order `ZMQTransport` expects."""
-    if config.transport_type != "zmq":
-        return create_transport_from_config(config)
-    broker = Broker()  # XPUB (frontend, where consumers subscribe) ⇄ XSUB (backend, where producers publish)
-    broker.start()
-    config.frontend_address, config.backend_address = broker.frontend_address, broker.backend_address
-    return FixedZMQTransport(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
-
-
-def use_zmq_transport(server) -> None:
-    """Make `server` send replies over ZeroMQ: the transport type LitServe 0.2.19 meant to set for fast_queue=True,
-    created through `create_transport` (LitServer.run builds it via the module-level name, hence the rebinding)."""
-    import litserve.server as ls_server
-
-    ls_server.create_transport_from_config = create_transport
-    server.transport_config = TransportConfig(transport_type="zmq")
 
 
 # -- prometheus_client -----------------------------------------------------------------------------------------------

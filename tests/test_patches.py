@@ -6,18 +6,14 @@ shutdown are also exercised end to end in test_server.py and test_server_process
 """
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import litserve as ls
 import pytest
-import litserve.server as ls_server
-from litserve.transport.factory import TransportConfig
 from starlette.middleware.gzip import GZipMiddleware
 
 from vqtok.server import patches
@@ -86,37 +82,6 @@ def test_litserve_still_registers_an_index_and_replace_index_swaps_it():
     patches.replace_index(server.app, index)
     assert [r for r in server.app.router.routes if getattr(r, "path", None) == "/"][0].endpoint is index
     assert TestClient(server.app).get("/").json() == {"page": True}
-
-
-def test_a_zeromq_reply_reaches_its_consumer():
-    t = patches.create_transport(TransportConfig(transport_type="zmq"))
-    assert isinstance(t, patches.FixedZMQTransport)
-    worker, http = pickle.loads(pickle.dumps(t)), pickle.loads(pickle.dumps(t))  # as the subprocesses get it
-    assert isinstance(worker, patches.FixedZMQTransport)
-
-    async def roundtrip():
-        receiving = asyncio.create_task(http.areceive(consumer_id=0, timeout=5))
-        await asyncio.sleep(0.3)  # the subscriber connects (ZeroMQ drops what is published before that)
-        worker.send(("uid-1", ("reply", 200)), consumer_id=0)
-        return await receiving
-
-    assert asyncio.run(roundtrip()) == ("uid-1", ("reply", 200))
-    for end in (worker, http, t):
-        end.close()  # also the serving process's copy, which never sent or received (LitServe's raised)
-
-
-def test_fast_queue_routes_litserve_through_the_fixed_factory():
-    from vqtok.server.app import Settings, build_server
-
-    plain = build_server(FIXTURES, ["tiny-model"], settings=Settings())
-    assert plain.transport_config.transport_type == "mp"
-    fast = build_server(FIXTURES, ["tiny-model"], settings=Settings(fast_queue=True))
-    assert fast.transport_config.transport_type == "zmq"
-    assert ls_server.create_transport_from_config is patches.create_transport
-    with multiprocessing.Manager() as manager:  # the default transport is left as LitServe builds it
-        config = TransportConfig(transport_type="mp")
-        config.manager = manager  # as LitServer.run sets it
-        assert not isinstance(patches.create_transport(config), patches.FixedZMQTransport)
 
 
 def test_metrics_reach_the_shared_directory_when_prometheus_was_imported_first(tmp_path):

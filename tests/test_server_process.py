@@ -31,11 +31,11 @@ def tok(root):
     return local_tokenizer(root / "models" / "tiny-a")
 
 
-@pytest.fixture(scope="module", params=["mp", "zmq"])
+@pytest.fixture(scope="module", params=["direct", "litserve"])
 def live(root, request):
-    """The server with LitServe's default reply queues, and with `--fast-queue` (ZeroMQ, server/patches.py)."""
-    args = ["--models-dir", str(root / "models"), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1"]
-    args += ["--fast-queue"] if request.param == "zmq" else []
+    """The server with its default request path (server/direct.py) and with LitServe's queues (`--queue litserve`)."""
+    args = ["--models-dir", str(root / "models"), "--max-batch-size", "8", "--batch-timeout", "0.5", "--threads", "1",
+            "--queue", request.param]
     with LiveServer(args, api_key=KEY, log=root / f"serve-{request.param}.log") as srv:
         yield srv
 

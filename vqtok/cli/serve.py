@@ -28,13 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="dynamic batch size limit (default 8)")
     p.add_argument("--ort-batch", type=int, help="images per ONNX Runtime call within a dynamic batch (default 1 on "
                    "CPU, where it measured fastest on 2 cores and holds the least memory; the whole batch on GPUs)")
-    p.add_argument("--polling-loop", action="store_true", help="workers collect batches with LitServe's own loop, "
-                   "which polls the queue every 1 ms (for A/B measurements; docs/PERFORMANCE.md)")
+    p.add_argument("--queue", choices=["direct", "litserve"], default="direct", help="how requests reach the "
+                   "inference workers: direct (default: a Unix socket per worker, server/direct.py) or litserve "
+                   "(LitServe's multiprocessing-manager queues; for A/B measurements, docs/PERFORMANCE.md)")
+    p.add_argument("--polling-loop", action="store_true", help="with --queue litserve: workers collect batches with "
+                   "LitServe's own loop, which polls the queue every 1 ms (for A/B measurements)")
+    p.add_argument("--ort-spin", action="store_true", help="CPU: let ONNX Runtime's intra-op threads spin-wait "
+                   "between ops (off by default: they take cycles from the HTTP processes; docs/PERFORMANCE.md)")
     p.add_argument("--png-in-worker", action="store_true", help="encode PNG replies in the inference worker instead "
                    "of the HTTP process (for A/B measurements; docs/PERFORMANCE.md)")
-    p.add_argument("--fast-queue", action="store_true", help="replies from workers over ZeroMQ instead of "
-                   "multiprocessing-manager queues (fewer round trips per request; see docs/PERFORMANCE.md)")
-    p.add_argument("--batch-timeout", type=float, default=0.002, help="seconds a batch waits to fill (default 0.002)")
+    p.add_argument("--batch-timeout", type=float, help="seconds a batch waits to fill (default: 0 on CPU, 0.002 on "
+                   "GPUs)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="pixel limit per image (default 4096²)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit in MiB (default 32)")
     p.add_argument("--max-items", type=int, default=64, help="images or code grids in one multi-item request "
@@ -43,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "every route but /health* (default: $VQTOK_API_KEY; neither: no auth). Never on the command line: "
                    "`ps` shows every argument")
     p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused with a message saying what to do instead
-    p.add_argument("--api-servers", type=int, help="HTTP processes (default: workers × devices)")
+    p.add_argument("--api-servers", type=int, help="HTTP processes (default: one per core on "
+                   "CPU, workers × devices on GPUs)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds from a parsed request to its reply, queue and inference (then 504; default 60)")
     p.add_argument("--large-slots", type=int, default=1, help="requests larger than the model's S×S (native "
@@ -70,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--max-pixels", args.max_pixels)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    if args.batch_timeout < 0 or args.max_body_mb <= 0 or args.max_items < 1:
+    if (args.batch_timeout is not None and args.batch_timeout < 0) or args.max_body_mb <= 0 or args.max_items < 1:
         raise ValueError("--batch-timeout must be ≥ 0, --max-body-mb > 0 and --max-items ≥ 1")
     if min(args.timeout, args.read_timeout, args.header_timeout) <= 0:
         raise ValueError("--timeout, --read-timeout and --header-timeout must be > 0")
@@ -94,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
                         read_timeout=args.read_timeout, header_timeout=args.header_timeout,
                         large_slots=args.large_slots,
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
-                        fast_queue=args.fast_queue, polling_loop=args.polling_loop,
-                        png_in_worker=args.png_in_worker, telemetry_window=args.telemetry_window)
+                        queue=args.queue, polling_loop=args.polling_loop,
+                        png_in_worker=args.png_in_worker, ort_spin=args.ort_spin, telemetry_window=args.telemetry_window)
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
