@@ -45,6 +45,7 @@ SERVE_CONFIGS: dict[str, list[str]] = {  # `vqtok serve` flags of each configura
     "batch-2ms": ["--batch-timeout", "0.002"],
     "ort-spin": ["--ort-spin"],
     "png-in-worker": ["--png-in-worker"],
+    "no-shm": ["--shared-slots", "0"],  # request images pickled through the worker's socket
 }
 ANCHOR_PROCS = 2  # uvicorn processes of the anchor: one per core of the dev machine
 

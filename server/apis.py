@@ -32,7 +32,7 @@ from starlette.responses import Response
 from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics, telemetry
-from .direct import Dispatcher, DirectLoop, listen
+from .direct import SLOTS, Dispatcher, DirectLoop, listen
 from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
                    small_image, text_field)
 from .errors import ApiError, bad_request, error_response
@@ -92,7 +92,8 @@ class TokenizerAPI(ls.LitAPI):
 
     def __init__(self, registry: Registry, limits: Limits, max_batch_size: int = 8, batch_timeout: float = 0.01,
                  threads: int | None = None, ort_batch: int | None = None, polling_loop: bool = False,
-                 png_in_worker: bool = False, socket_dir: str | None = None, ort_spin: bool = False) -> None:
+                 png_in_worker: bool = False, socket_dir: str | None = None, ort_spin: bool = False,
+                 shared_slots: int = SLOTS) -> None:
         # socket_dir: requests come over the workers' sockets (direct.py), not LitServe's queues. With LitServe's
         # queues, its loop polls the request queue every 1 ms; ours waits (patches.BlockingBatchedLoop)
         loop = DirectLoop() if socket_dir else \
@@ -102,7 +103,7 @@ class TokenizerAPI(ls.LitAPI):
         self.registry, self.limits, self.threads = registry, limits, threads
         self.ort_batch = ort_batch  # images per ONNX Runtime call; None: decided in setup() by the device
         self.png_in_worker = png_in_worker  # PNG replies encoded by the worker (before 2026-12-01), not the edge
-        self.socket_dir = socket_dir
+        self.socket_dir, self.shared_slots = socket_dir, shared_slots
         self.ort_spin = ort_spin  # CPU: ORT's intra-op threads spin-wait between ops (off unless asked: see setup)
         self.models: dict = {}
 
@@ -284,7 +285,7 @@ class TokenizerAPI(ls.LitAPI):
     def dispatcher(self) -> Dispatcher:
         """This HTTP process's connections to this endpoint's workers (direct.py)."""
         if self._dispatcher is None:
-            self._dispatcher = Dispatcher(self.socket_dir, self.endpoint)
+            self._dispatcher = Dispatcher(self.socket_dir, self.endpoint, self.shared_slots)
         return self._dispatcher
 
     async def respond(self, result: dict) -> Response:

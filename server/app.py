@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from . import metrics, page, patches, telemetry
 from .apis import API_CLASSES
 from .auth import ApiKeyMiddleware, QueryRedactingFilter
 from .docs import install_docs
+from .direct import SLOTS
 from .edge import MAX_ITEMS, Limits
 from .errors import ApiError, install_error_handlers, openapi_errors
 from .guards import BodyDeadlineMiddleware, ProcessWatch, watch_parent_in_forked_children
@@ -66,6 +68,7 @@ class Settings:
     threads: int | None = None  # ONNX Runtime intra-op threads per worker (None: cores / workers)
     ort_batch: int | None = None  # images per ONNX Runtime call within a batch (None: 1 on CPU, the batch on GPUs)
     queue: str = "direct"  # "direct": Unix sockets to the workers (direct.py); "litserve": LitServe's manager queues
+    shared_slots: int = SLOTS  # direct: request images passed in shared memory, slots per connection (0: pickled)
     polling_loop: bool = False  # LitServe's own batch collection (polls every 1 ms): only to measure against
     ort_spin: bool = False  # CPU: ORT intra-op threads spin-wait between ops (off: they took cycles from HTTP)
     png_in_worker: bool = False  # PNG replies encoded in the worker instead of the HTTP process: to measure against
@@ -138,6 +141,9 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
             raise ValueError(f"--device must be 'cpu' or 'cuda', got {settings.device!r}")
         if settings.queue not in ("direct", "litserve"):
             raise ValueError(f"--queue must be 'direct' or 'litserve', got {settings.queue!r}")
+        if settings.queue == "direct" and not hasattr(socket, "AF_UNIX"):
+            logger.warning("no Unix sockets on this platform: requests go through LitServe's queues (--queue litserve)")
+            settings = dataclasses.replace(settings, queue="litserve")
         if settings.queue == "direct" and settings.polling_loop:
             raise ValueError("--polling-loop changes how workers read LitServe's queue: use it with --queue litserve")
         devices = 1
@@ -157,7 +163,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         self.socket_dir = tempfile.mkdtemp(prefix="vqtok-") if settings.queue == "direct" else None
         apis = [cls(registry, settings.limits, settings.max_batch_size, settings.batch_timeout, threads,
                     settings.ort_batch, settings.polling_loop, settings.png_in_worker, self.socket_dir,
-                    settings.ort_spin)
+                    settings.ort_spin, settings.shared_slots)
                 for cls in API_CLASSES]
         self._stop_lock, self._stopped = threading.Lock(), False
         super().__init__(apis, accelerator=settings.device, devices=devices, workers_per_device=settings.workers,

@@ -8,11 +8,13 @@ c=8: 58 % of the worker's time and 19 % of the HTTP process's were manager calls
 - each inference worker listens on its own socket, `<dir>/<endpoint>-<worker id>.sock`, bound in `setup()` (before
   LitServe marks the worker ready) and rebound by a restarted worker;
 - each HTTP process keeps one connection per worker and sends length-prefixed pickled frames
-  `(uid, deadline, payload)`; the worker answers `(uid, result)` on the same connection;
+  `(uid, deadline, payload)`; the worker answers `(uid, result)` on the same connection; request images up to 512²
+  travel in a shared-memory arena of the connection (a memfd handed to the worker when it connects), the frame only
+  names the slot;
 - a worker batches what its connections bring (up to `max_batch_size`, waiting at most `batch_timeout` after the
   first request) and skips requests whose deadline has passed (the client already got its 504);
-- a worker's death closes its connections: its in-flight requests get 503 + Retry-After at once, and the next request
-  reconnects to the restarted worker (until it is back, the endpoint answers 503 as well).
+- a worker's death closes its connections: its in-flight requests get 503 + Retry-After at once; later requests go
+  to the endpoint's other workers, or wait (within their deadline) for the restarted one to bind its socket again.
 
 LitServe still spawns, supervises and restarts the workers; the worker half is a LitLoop (the LitAPI's documented
 `loop=` extension point), the HTTP half is called by our request handler (patches.EdgeHandler). The sockets live in
@@ -24,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import mmap
 import os
 import pickle
 import selectors
@@ -32,8 +35,9 @@ import struct
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
+import numpy as np
 from litserve.loops.base import LitLoop
 
 from .errors import ApiError
@@ -44,6 +48,34 @@ RETRY_AFTER_S = 2
 SOCKET_BUFFER = 4 << 20  # bytes
 SEND_TIMEOUT_S = 10.0  # a worker waits this long for an HTTP process that does not read its replies
 RESCAN_S = 1.0  # seconds between looks for worker sockets an HTTP process is not connected to
+WAIT_SCAN_S = 0.1  # ... while no worker of the endpoint is up
+# Request images travel in shared memory: each connection has an arena of SLOTS slots (memfd, passed to the worker
+# with the connection); an image that fits a free slot is copied there once instead of being pickled through the
+# socket (null model, encode c = 64: pickling and sending the 196 kB took 17 % of an HTTP process's time).
+SLOT_BYTES = 1 << 20  # a 512² RGB image fits
+SLOTS = 32  # default slots per connection (`vqtok serve --shared-slots`): at most 32 MiB, touched only as used
+
+
+class Shared(NamedTuple):
+    """An image the HTTP process put in slot `slot` of the connection's arena."""
+
+    slot: int
+    shape: tuple
+    dtype: str
+
+
+def _map_images(payload: dict, fn: Callable[[Any], Any]) -> dict:
+    """`payload` with fn applied to its image, or to each item's (the parts that carry pixels)."""
+    out = dict(payload)
+    if "image" in out:
+        out["image"] = fn(out["image"])
+    if "items" in out:
+        out["items"] = [{**it, "image": fn(it["image"])} if "image" in it else it for it in out["items"]]
+    return out
+
+
+def _slot_array(arena: mmap.mmap, ref: Shared) -> np.ndarray:
+    return np.ndarray(ref.shape, np.dtype(ref.dtype), buffer=arena, offset=ref.slot * SLOT_BYTES)
 
 
 def frame(obj: Any) -> bytes:
@@ -71,8 +103,8 @@ def listen(directory: str, endpoint: str) -> socket.socket:
 class _Conn:
     """One HTTP process's connection, as the worker sees it: the frame being received."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, arena: mmap.mmap | None) -> None:
+        self.sock, self.arena = sock, arena
         self.head = bytearray()  # the length prefix, while incomplete
         self.body: bytearray | None = None  # the frame body, preallocated once its length is known
         self.got = 0
@@ -96,7 +128,10 @@ class _Conn:
                     return None
                 self.got += n
                 if self.got == len(self.body):
-                    out.append(pickle.loads(self.body))
+                    uid, deadline, x = pickle.loads(self.body)
+                    if self.arena is not None:  # views into the arena, valid until the reply is sent
+                        x = _map_images(x, lambda v: _slot_array(self.arena, v) if isinstance(v, Shared) else v)
+                    out.append((uid, deadline, x))
                     self.body = None
         except BlockingIOError:
             return out
@@ -115,11 +150,29 @@ class _Conn:
                 self.sock.shutdown(socket.SHUT_RDWR)
 
 
+def accept(sock: socket.socket) -> _Conn | None:
+    """A new HTTP-process connection: its first message is one byte with the arena's file descriptor (none where
+    the platform has no memfd: then images come pickled)."""
+    try:
+        sock.settimeout(5.0)
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 1, 1)
+        arena = mmap.mmap(fds[0], os.fstat(fds[0]).st_size) if fds else None
+        for fd in fds:
+            os.close(fd)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    large_buffers(sock)
+    return _Conn(sock, arena)
+
+
 def large_buffers(sock: socket.socket) -> None:
     """Socket buffers that hold several 256² requests (the default ~200 kB holds one encode payload: a worker
     collecting a batch then waited on the HTTP process once per request). Capped by net.core.[rw]mem_max."""
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        with contextlib.suppress(OSError):  # a platform cap below the request: the default size still works
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
 
 
 class DirectLoop(LitLoop):
@@ -148,9 +201,9 @@ class DirectLoop(LitLoop):
                         sock, _addr = listener.accept()
                     except BlockingIOError:
                         continue
-                    sock.setblocking(False)
-                    large_buffers(sock)
-                    sel.register(sock, selectors.EVENT_READ, _Conn(sock))
+                    conn = accept(sock)
+                    if conn is not None:
+                        sel.register(sock, selectors.EVENT_READ, conn)
                     continue
                 conn: _Conn = key.data
                 frames = conn.frames()
@@ -176,11 +229,37 @@ def run(lit_api, payloads: list) -> list:
 
 
 # -- HTTP half ---------------------------------------------------------------------------------------------------------
+async def _open(path: Path, slots: int) -> _Link:
+    """Connect to a worker and hand it this connection's arena of `slots` slots (none if 0)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, str(path))
+        large_buffers(sock)
+        arena, fds = None, []
+        if slots and hasattr(os, "memfd_create"):
+            fd = os.memfd_create("vqtok-requests")
+            os.ftruncate(fd, slots * SLOT_BYTES)
+            arena, fds = mmap.mmap(fd, slots * SLOT_BYTES), [fd]
+        try:
+            socket.send_fds(sock, [b"a"], fds)  # one byte on a fresh socket: never blocks
+        finally:
+            for fd in fds:
+                os.close(fd)  # the mapping and the worker's copy keep the memory
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=SOCKET_BUFFER)
+    except BaseException:
+        sock.close()
+        raise
+    return _Link(path, reader, writer, arena)
+
+
 class _Link:
     """One HTTP process's connection to one worker, with the requests waiting on it."""
 
-    def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.path, self.reader, self.writer = path, reader, writer
+    def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 arena: mmap.mmap | None) -> None:
+        self.path, self.reader, self.writer, self.arena = path, reader, writer, arena
+        self.free = list(range(len(arena) // SLOT_BYTES)) if arena is not None else []  # slots free for an image
         self.pending: dict[int, asyncio.Future] = {}
         self.alive = True
         self.task = asyncio.get_running_loop().create_task(self._read())
@@ -197,7 +276,7 @@ class _Link:
             pass
         finally:
             self.alive = False
-            self.writer.close()
+            self.writer.close()  # the arena goes with the last reference to this link
             for fut in self.pending.values():
                 if not fut.done():
                     fut.set_exception(worker_gone())
@@ -218,19 +297,34 @@ class Dispatcher:
     """The HTTP half for one endpoint in one HTTP process: sends each request to the live worker with the fewest
     requests in flight and waits for its reply."""
 
-    def __init__(self, directory: str, endpoint: str) -> None:
-        self.directory, self.endpoint = Path(directory), endpoint
+    def __init__(self, directory: str, endpoint: str, slots: int = SLOTS) -> None:
+        self.directory, self.endpoint, self.slots = Path(directory), endpoint, slots
         self.links: dict[Path, _Link] = {}
         self.uids = itertools.count()
-        self._rescan = 0.0  # next time to look for workers this process is not connected to (e.g. restarted ones)
+        self._scanned = -RESCAN_S  # when this process last looked for worker sockets
         self._scanning = asyncio.Lock()  # one scan at a time: concurrent requests must not open a connection each
 
-    async def _connect(self) -> None:
+    def _live(self) -> list[_Link]:
+        return [link for link in self.links.values() if link.alive]
+
+    async def _connect(self, interval: float) -> None:
+        """Connect to worker sockets this process has no live link to (new or restarted workers), unless a scan ran
+        less than `interval` seconds ago."""
         async with self._scanning:
-            if any(link.alive for link in self.links.values()) and time.monotonic() < self._rescan:
+            if time.monotonic() - self._scanned < interval:
                 return  # another request scanned while this one waited
             await self._scan()
-            self._rescan = time.monotonic() + RESCAN_S
+            self._scanned = time.monotonic()
+
+    async def _wait_for_worker(self, deadline: float | None) -> list[_Link]:
+        """The live links, after waiting for one (a worker restarting and loading its models) until `deadline`:
+        a request arriving then waits as it would in a queue."""
+        while not (live := self._live()):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise worker_gone()
+            await asyncio.sleep(WAIT_SCAN_S)
+            await self._connect(WAIT_SCAN_S)
+        return live
 
     async def _scan(self) -> None:
         for path in sorted(self.directory.glob(f"{self.endpoint}-*.sock")):
@@ -238,30 +332,33 @@ class Dispatcher:
             if link is not None and link.alive:
                 continue
             try:
-                reader, writer = await asyncio.open_unix_connection(str(path), limit=SOCKET_BUFFER)
-                large_buffers(writer.get_extra_info("socket"))
+                self.links[path] = await _open(path, self.slots)
             except OSError:  # a dead worker's socket, not yet rebound by its successor
                 self.links.pop(path, None)
-                continue
-            self.links[path] = _Link(path, reader, writer)
 
     async def call(self, payload: dict, timeout: float | None) -> dict:
-        """The worker's result for `payload`; 504 after `timeout` seconds, 503 if no worker is up or the worker dies
-        while serving it."""
-        live = [link for link in self.links.values() if link.alive]
-        if not live or time.monotonic() >= self._rescan:
-            await self._connect()
-            live = [link for link in self.links.values() if link.alive]
-        if not live:
-            raise worker_gone()
-        link = min(live, key=lambda lk: len(lk.pending))
+        """The worker's result for `payload`; 504 after `timeout` seconds, 503 if the worker dies while serving it
+        or no worker of the endpoint comes up within `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._live() or time.monotonic() - self._scanned >= RESCAN_S:
+            await self._connect(RESCAN_S if self._live() else 0.0)
+        link = min(await self._wait_for_worker(deadline), key=lambda lk: len(lk.pending))
         uid = next(self.uids)
         fut = asyncio.get_running_loop().create_future()
         link.pending[uid] = fut
-        deadline = None if timeout is None else time.monotonic() + timeout
+        timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+        slots: list[int] = []
+
+        def share(arr: Any) -> Any:
+            if not isinstance(arr, np.ndarray) or arr.nbytes > SLOT_BYTES or not link.free:
+                return arr
+            slots.append(link.free.pop())
+            ref = Shared(slots[-1], arr.shape, arr.dtype.str)
+            _slot_array(link.arena, ref)[...] = arr
+            return ref
 
         async def exchange() -> dict:  # the deadline covers the send too: a stopped worker stops reading
-            link.writer.write(frame((uid, deadline, payload)))
+            link.writer.write(frame((uid, deadline, _map_images(payload, share))))
             await link.writer.drain()
             return await fut
 
@@ -273,6 +370,9 @@ class Dispatcher:
             raise worker_gone() from None
         finally:
             link.pending.pop(uid, None)
+            # a slot is reused only after its request ended; a worker still reading a timed-out request's slot
+            # can only spoil that request's (discarded) result: a new request's frame follows its copy
+            link.free += slots
         if result is None:
             raise ApiError(500, "internal_error", "inference failed; the server log has the details")
         return result

@@ -86,15 +86,26 @@ def test_a_failing_batch_is_a_500_and_the_worker_goes_on(tmp_path):
     assert asyncio.run(go())["i"] == 2
 
 
-def test_no_worker_is_503_and_a_slow_one_504_whose_late_reply_is_dropped(tmp_path):
+def test_a_request_waits_for_a_worker_within_its_deadline_then_503(tmp_path):
     async def none():
+        t0 = time.monotonic()
         with pytest.raises(ApiError) as err:
-            await direct.Dispatcher(str(tmp_path), "echo").call(payload(0), timeout=5)
-        return err.value
+            await direct.Dispatcher(str(tmp_path), "echo").call(payload(0), timeout=0.3)
+        return err.value, time.monotonic() - t0
 
-    err = asyncio.run(none())
+    err, waited = asyncio.run(none())
     assert err.status_code == 503 and err.code == "worker_restarting" and err.headers["Retry-After"]
+    assert 0.3 <= waited < 3
 
+    async def late():  # the worker binds its socket while the request waits (a restart, or start-up)
+        d = direct.Dispatcher(str(tmp_path), "echo")
+        asyncio.get_running_loop().call_later(0.3, start_worker, tmp_path, EchoApi(max_batch_size=1))
+        return await asyncio.gather(*(d.call(payload(i), timeout=30) for i in range(3)))
+
+    assert [r["i"] for r in asyncio.run(late())] == [0, 1, 2]
+
+
+def test_a_slow_worker_is_504_and_its_late_reply_is_dropped(tmp_path):
     api = EchoApi(max_batch_size=1, delay=0.5)
     start_worker(tmp_path, api)
 
@@ -185,3 +196,23 @@ def test_a_worker_that_stopped_reading_still_gives_504_at_the_deadline(tmp_path)
     out, took = asyncio.run(go())  # 200 × 196 kB: far more than the socket buffers hold
     assert all(isinstance(e, ApiError) and e.status_code == 504 for e in out), sorted({repr(e)[:80] for e in out})
     assert took < 5
+
+
+@pytest.mark.parametrize("slots", [direct.SLOTS, 0])
+def test_images_travel_in_shared_slots_and_big_ones_inline(tmp_path, slots):
+    start_worker(tmp_path, EchoApi(max_batch_size=8))
+    big = {"i": 99, "image": np.full((1024, 1024, 3), 3, np.uint8)}  # 3 MiB: over a slot, pickled through the socket
+
+    async def go():
+        d = direct.Dispatcher(str(tmp_path), "echo", slots)
+        replies = await asyncio.gather(*(d.call(payload(i), timeout=30) for i in range(direct.SLOTS + 8)),
+                                       d.call(big, timeout=30))
+        (link,) = d.links.values()
+        return replies, link
+
+    replies, link = asyncio.run(go())
+    assert (link.arena is not None) == bool(slots) and sorted(link.free) == list(range(slots))  # all given back
+    assert [r["sum"] for r in replies[:-1]] == [(i % 7) * 256 * 256 * 3 for i in range(direct.SLOTS + 8)]
+    assert replies[-1]["sum"] == 3 * 1024 * 1024 * 3
+    assert len(direct.frame((0, None, direct._map_images(payload(1), lambda a: direct.Shared(0, a.shape,
+                                                                                            a.dtype.str))))) < 1024

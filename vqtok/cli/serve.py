@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", choices=["direct", "litserve"], default="direct", help="how requests reach the "
                    "inference workers: direct (default: a Unix socket per worker, server/direct.py) or litserve "
                    "(LitServe's multiprocessing-manager queues; for A/B measurements, docs/PERFORMANCE.md)")
+    p.add_argument("--shared-slots", type=int, help="direct queue: request images up to 512² travel in shared "
+                   "memory, this many at once per HTTP process and worker (1 MiB each; default: server/direct.py "
+                   "SLOTS); 0 sends them through the socket")
     p.add_argument("--polling-loop", action="store_true", help="with --queue litserve: workers collect batches with "
                    "LitServe's own loop, which polls the queue every 1 ms (for A/B measurements)")
     p.add_argument("--ort-spin", action="store_true", help="CPU: let ONNX Runtime's intra-op threads spin-wait "
@@ -101,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
                         graceful_timeout=args.graceful_timeout, ort_batch=args.ort_batch,
                         queue=args.queue, polling_loop=args.polling_loop,
                         png_in_worker=args.png_in_worker, ort_spin=args.ort_spin, telemetry_window=args.telemetry_window)
+    if args.shared_slots is not None:
+        if args.shared_slots < 0:
+            raise ValueError(f"--shared-slots must be ≥ 0, got {args.shared_slots}")
+        settings.shared_slots = args.shared_slots
     try:
         server = build_server(args.models_dir, args.model, args.default_model, settings)
         serve(server, host=args.host, port=args.port, api_servers=args.api_servers, log_level=args.log_level)
