@@ -102,7 +102,7 @@ def default_batch_timeout(device: str) -> float:
     """Seconds a worker waits for batch-mates after a batch's first request when `--batch-timeout` is not given.
 
     CPU: 0, take what is queued. A CPU worker runs one image per ONNX Runtime call (`ort_batch`), so batch-mates save
-    no compute and the wait is pure latency (null model, 2 cores, c = 1: p50 7.0 → 4.3 ms; docs/PERFORMANCE.md).
+    no compute and the wait is pure latency (null model, 2 cores, encode c = 1: p50 6.5 → 3.5 ms; docs/PERFORMANCE.md).
     GPUs: 2 ms, where one call for the whole batch is what makes the GPU fast (10 ms cost p50 at c = 1 more than it
     gained, docs/BENCHMARKS.md)."""
     return 0.002 if device == "cuda" else 0.0
@@ -112,8 +112,11 @@ def default_api_servers(device: str, devices: int, workers: int) -> int:
     """HTTP processes when `--api-servers` is not given: one per core on CPU (they parse and decode the uploads,
     the larger share of a CPU request's serving work: one HTTP process capped a null-model server at one core,
     docs/PERFORMANCE.md); on GPUs one per inference worker."""
-    if device == "cuda":
-        return max(1, devices * workers)
+    return max(1, devices * workers) if device == "cuda" else usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -128,8 +131,7 @@ def threads_per_worker(settings: Settings, devices: int) -> int:
         return settings.threads
     if settings.device == "cuda":  # the GPU does the math; more CPU threads would only spin beside the HTTP processes
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // (settings.workers * devices))
+    return max(1, usable_cores() // (settings.workers * devices))
 
 
 class VqtokServer(patches.ServerOverrides, ls.LitServer):
