@@ -33,8 +33,8 @@ from vqtok.tokenizer.contract import POLICIES
 
 from . import metrics, telemetry
 from .direct import SLOTS, Dispatcher, DirectLoop, listen
-from .edge import (Limits, image_bytes, image_items, lookup_model, parse_body, parse_codes, prepare_image,
-                   small_image, text_field)
+from .edge import (Limits, image_bytes, image_items, lookup_model, open_small, parse_body, parse_codes,
+                   prepare_image, text_field)
 from .errors import ApiError, bad_request, error_response
 from .guards import name_process, watch_parent
 from .patches import BlockingBatchedLoop
@@ -64,6 +64,11 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """[B, ...] batch of same-shape arrays; one array becomes a view, not a copy (most CPU batches hold one)."""
+    return np.ascontiguousarray(arrays[0][None]) if len(arrays) == 1 else np.stack(arrays)
 
 
 def ok(body: bytes, media_type: str, headers: dict | None = None) -> dict:
@@ -167,7 +172,7 @@ class TokenizerAPI(ls.LitAPI):
                 units += [(r, k, {**common, **it}) for k, it in enumerate(req["items"]) if "error" not in it]
             else:
                 units.append((r, 0, req))
-        metrics.get().batch_size.labels(self.api_path).observe(len(units))
+        metrics.child(metrics.get().batch_size, self.api_path).observe(len(units))
         outs: dict[tuple[int, int], Any] = {}
         groups: dict[tuple, list[tuple[int, int, dict]]] = defaultdict(list)
         for u in units:
@@ -179,7 +184,7 @@ class TokenizerAPI(ls.LitAPI):
             except Exception:
                 logger.exception("%s: a batch of %d failed; retrying its items one by one", self.api_path, len(group))
                 arrays = [self._run_alone(mid, u[2]) for u in group]
-            metrics.get().inference.labels(self.api_path, mid).observe(time.perf_counter() - start)
+            metrics.child(metrics.get().inference, self.api_path, mid).observe(time.perf_counter() - start)
             for (r, k, _), out in zip(group, arrays):
                 outs[r, k] = out
         results = []
@@ -226,7 +231,7 @@ class TokenizerAPI(ls.LitAPI):
 
     def encode_items(self, mid: str, items: list[dict]) -> np.ndarray:
         """The items' images → int64 codes [B, h, w], in ONNX Runtime calls of at most `ort_batch` images."""
-        batch, tok = np.stack([it["image"] for it in items]), self.models[mid]
+        batch, tok = stacked([it["image"] for it in items]), self.models[mid]
         release = self.outlier(mid, batch.shape[1] * batch.shape[2])
         codes = np.concatenate([tok.encode_array(batch[c], release) for c in self.chunks(len(batch))])
         telemetry.record(metrics.get().path, mid, codes, tok.codebook_size)
@@ -239,8 +244,8 @@ class TokenizerAPI(ls.LitAPI):
         return pixels > self.registry.models[mid].image_size ** 2
 
     def count(self, mid: str, images: int, codes: int) -> None:
-        metrics.get().images.labels(self.api_path, mid).inc(images)
-        metrics.get().codes.labels(self.api_path, mid).inc(codes)
+        metrics.child(metrics.get().images, self.api_path, mid).inc(images)
+        metrics.child(metrics.get().codes, self.api_path, mid).inc(codes)
 
     # -- edge half (HTTP process) -----------------------------------------------------------------------------------
     _large_gate: asyncio.Semaphore | None = None  # made on first use, in the HTTP process (after the fork)
@@ -307,7 +312,8 @@ class TokenizerAPI(ls.LitAPI):
         blobs = image_items(body, self.limits)
         if blobs is None:
             data = image_bytes(body)
-            arr, valid = prepare_image(data, entry, policy, self.limits) if small_image(data) else \
+            small = open_small(data)  # opened once: prepare_image decodes it from there
+            arr, valid = prepare_image(small, entry, policy, self.limits) if small is not None else \
                 await asyncio.to_thread(prepare_image, data, entry, policy, self.limits)
             return payload | {"image": arr, "valid": valid}
         if fmt not in self.multi_formats:
@@ -409,7 +415,7 @@ class DecodeAPI(TokenizerAPI):
         return {"model": entry.id, "codes": codes, "format": fmt}
 
     def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
-        grids, tok = np.stack([it["codes"] for it in items]), self.models[mid]
+        grids, tok = stacked([it["codes"] for it in items]), self.models[mid]
         release = self.outlier(mid, grids.shape[1] * grids.shape[2] * self.registry.models[mid].factor ** 2)
         images = np.concatenate([tok.decode(grids[c], release) for c in self.chunks(len(grids))])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))

@@ -47,6 +47,7 @@ HEADER = struct.Struct("!Q")  # frame = 8-byte big-endian length + pickle
 RETRY_AFTER_S = 2
 SOCKET_BUFFER = 4 << 20  # bytes
 SEND_TIMEOUT_S = 10.0  # a worker waits this long for an HTTP process that does not read its replies
+RECV_BYTES = 256 << 10  # a worker's reads from its connections, at most
 RESCAN_S = 1.0  # seconds between looks for worker sockets an HTTP process is not connected to
 WAIT_SCAN_S = 0.1  # ... while no worker of the endpoint is up
 # Request images travel in shared memory: each connection has an arena of SLOTS slots (memfd, passed to the worker
@@ -101,53 +102,66 @@ def listen(directory: str, endpoint: str) -> socket.socket:
 
 
 class _Conn:
-    """One HTTP process's connection, as the worker sees it: the frame being received."""
+    """One HTTP process's connection, as the worker sees it: bytes received, not yet parsed into frames."""
 
     def __init__(self, sock: socket.socket, arena: mmap.mmap | None) -> None:
         self.sock, self.arena = sock, arena
-        self.head = bytearray()  # the length prefix, while incomplete
-        self.body: bytearray | None = None  # the frame body, preallocated once its length is known
-        self.got = 0
+        self.buf = bytearray()
 
     def frames(self) -> list | None:
-        """The frames completed by what is readable now (None once the peer has gone)."""
-        out = []
+        """The frames completed by what is readable now (None once the peer has gone). One recv usually takes every
+        waiting frame: with images in the arena, a frame is a few hundred bytes."""
+        chunk = _recv_chunk()
         try:
             while True:
-                if self.body is None:
-                    data = self.sock.recv(HEADER.size - len(self.head))
-                    if not data:
-                        return None
-                    self.head += data
-                    if len(self.head) < HEADER.size:
-                        continue
-                    self.body, self.got = bytearray(HEADER.unpack(self.head)[0]), 0
-                    self.head.clear()
-                n = self.sock.recv_into(memoryview(self.body)[self.got:])
+                n = self.sock.recv_into(chunk)
                 if n == 0:
                     return None
-                self.got += n
-                if self.got == len(self.body):
-                    uid, deadline, x = pickle.loads(self.body)
-                    if self.arena is not None:  # views into the arena, valid until the reply is sent
-                        x = _map_images(x, lambda v: _slot_array(self.arena, v) if isinstance(v, Shared) else v)
-                    out.append((uid, deadline, x))
-                    self.body = None
+                self.buf += memoryview(chunk)[:n]
+                if n < len(chunk):  # drained for now (select reports the next bytes): no extra EAGAIN round
+                    break
         except BlockingIOError:
-            return out
+            pass
         except OSError:
             return None
+        out = []
+        while len(self.buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.buf)
+            if len(self.buf) < HEADER.size + size:
+                break
+            uid, deadline, x = pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + size])
+            del self.buf[:HEADER.size + size]
+            if self.arena is not None:  # views into the arena, valid until the reply is sent
+                x = _map_images(x, lambda v: _slot_array(self.arena, v) if isinstance(v, Shared) else v)
+            out.append((uid, deadline, x))
+        return out
 
-    def send(self, obj: Any) -> None:
+    def send(self, data: bytes) -> None:
+        """Send reply frames: at once if the socket buffer takes them (the usual case), else waiting up to
+        SEND_TIMEOUT_S (the HTTP process reads continuously: it gives up only on a process that stopped reading,
+        whose requests then get 503 when the connection closes)."""
         try:
-            # the HTTP process reads continuously: this waits only while its buffer is full, and gives up on a
-            # process that stopped reading (its requests then get 503: the connection closes)
-            self.sock.settimeout(SEND_TIMEOUT_S)
-            self.sock.sendall(frame(obj))
-            self.sock.setblocking(False)
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.sock.settimeout(SEND_TIMEOUT_S)
+                self.sock.sendall(memoryview(data)[sent:])
+                self.sock.setblocking(False)
         except OSError:  # gone, or stuck: drop the connection (the next read sees it closed)
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
+
+
+_chunk: list[bytearray] = []
+
+
+def _recv_chunk() -> bytearray:
+    """The worker's receive buffer (one per process, made on first use)."""
+    if not _chunk:
+        _chunk.append(bytearray(RECV_BYTES))
+    return _chunk[0]
 
 
 def accept(sock: socket.socket) -> _Conn | None:
@@ -190,8 +204,11 @@ class DirectLoop(LitLoop):
                 batch = [ready.popleft() for _ in range(min(lit_api.max_batch_size, len(ready)))]
                 now = time.monotonic()
                 batch = [b for b in batch if b[2] is None or b[2] > now]  # expired: the client already has its 504
+                replies: dict[_Conn, list[bytes]] = {}
                 for (conn, uid, _, _), result in zip(batch, run(lit_api, [b[3] for b in batch]) if batch else ()):
-                    conn.send((uid, result))
+                    replies.setdefault(conn, []).append(frame((uid, result)))
+                for conn, frames in replies.items():  # one send per connection and batch
+                    conn.send(b"".join(frames))
                 until = time.monotonic()  # leftovers have waited already: run them with what is readable now
                 continue
             events = sel.select(None if not ready else max(0.0, until - time.monotonic()))
@@ -232,9 +249,10 @@ def run(lit_api, payloads: list) -> list:
 async def _open(path: Path, slots: int) -> _Link:
     """Connect to a worker and hand it this connection's arena of `slots` slots (none if 0)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    loop = asyncio.get_running_loop()
     try:
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, str(path))
+        await loop.sock_connect(sock, str(path))
         large_buffers(sock)
         arena, fds = None, []
         if slots and hasattr(os, "memfd_create"):
@@ -246,41 +264,65 @@ async def _open(path: Path, slots: int) -> _Link:
         finally:
             for fd in fds:
                 os.close(fd)  # the mapping and the worker's copy keep the memory
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=SOCKET_BUFFER)
+        _, link = await loop.create_unix_connection(lambda: _Link(path, arena), sock=sock)
     except BaseException:
         sock.close()
         raise
-    return _Link(path, reader, writer, arena)
+    return link
 
 
-class _Link:
-    """One HTTP process's connection to one worker, with the requests waiting on it."""
+class _Link(asyncio.Protocol):
+    """One HTTP process's connection to one worker, with the requests waiting on it. A protocol rather than a
+    stream reader/writer: replies are parsed as they arrive and resolve their request's future directly (a reader
+    task awaiting each frame's header and body cost two task switches per reply)."""
 
-    def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 arena: mmap.mmap | None) -> None:
-        self.path, self.reader, self.writer, self.arena = path, reader, writer, arena
+    def __init__(self, path: Path, arena: mmap.mmap | None) -> None:
+        self.path, self.arena = path, arena
         self.free = list(range(len(arena) // SLOT_BYTES)) if arena is not None else []  # slots free for an image
         self.pending: dict[int, asyncio.Future] = {}
         self.alive = True
-        self.task = asyncio.get_running_loop().create_task(self._read())
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()  # received bytes not yet parsed into frames
+        self.paused = False  # the transport's write buffer is over its limit: senders wait (flow control)
+        self.send_waiters: list[asyncio.Future] = []
 
-    async def _read(self) -> None:
-        try:
-            while True:
-                (n,) = HEADER.unpack(await self.reader.readexactly(HEADER.size))
-                uid, result = pickle.loads(await self.reader.readexactly(n))
-                fut = self.pending.pop(uid, None)
-                if fut is not None and not fut.done():  # gone: its request timed out
-                    fut.set_result(result)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            self.alive = False
-            self.writer.close()  # the arena goes with the last reference to this link
-            for fut in self.pending.values():
-                if not fut.done():
-                    fut.set_exception(worker_gone())
-            self.pending.clear()
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= HEADER.size:
+            (n,) = HEADER.unpack_from(self.buf)
+            if len(self.buf) < HEADER.size + n:
+                return
+            uid, result = pickle.loads(memoryview(self.buf)[HEADER.size:HEADER.size + n])
+            del self.buf[:HEADER.size + n]
+            fut = self.pending.pop(uid, None)
+            if fut is not None and not fut.done():  # gone: its request timed out
+                fut.set_result(result)
+
+    def connection_lost(self, exc) -> None:
+        self.alive = False  # the arena goes with the last reference to this link
+        for fut in [*self.pending.values(), *self.send_waiters]:
+            if not fut.done():
+                fut.set_exception(worker_gone())
+        self.pending.clear()
+        self.send_waiters.clear()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for fut in self.send_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.send_waiters.clear()
+
+    def abort(self) -> None:
+        """Drop the connection (tests: what a worker's death looks like from here)."""
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def worker_gone() -> ApiError:
@@ -344,10 +386,11 @@ class Dispatcher:
             await self._connect(RESCAN_S if self._live() else 0.0)
         link = min(await self._wait_for_worker(deadline), key=lambda lk: len(lk.pending))
         uid = next(self.uids)
-        fut = asyncio.get_running_loop().create_future()
-        link.pending[uid] = fut
+        loop = asyncio.get_running_loop()
+        fut = link.pending[uid] = loop.create_future()
         timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
         slots: list[int] = []
+        sending: list[asyncio.Future] = []  # this request's wait for the send buffer, if any
 
         def share(arr: Any) -> Any:
             if not isinstance(arr, np.ndarray) or arr.nbytes > SLOT_BYTES or not link.free:
@@ -357,18 +400,25 @@ class Dispatcher:
             _slot_array(link.arena, ref)[...] = arr
             return ref
 
-        async def exchange() -> dict:  # the deadline covers the send too: a stopped worker stops reading
-            link.writer.write(frame((uid, deadline, _map_images(payload, share))))
-            await link.writer.drain()
-            return await fut
+        def expire() -> None:  # a timer, not asyncio.wait_for: no task per request
+            for f in (fut, *sending):  # the deadline covers the send too
+                if not f.done():
+                    f.set_exception(no_reply(timeout))
 
+        timer = None if timeout is None else loop.call_later(timeout, expire)
         try:
-            result = await asyncio.wait_for(exchange(), timeout)
-        except asyncio.TimeoutError:
-            raise no_reply(timeout) from None
-        except (ConnectionError, OSError):
-            raise worker_gone() from None
+            link.transport.write(frame((uid, deadline, _map_images(payload, share))))
+            while link.paused and link.alive and not fut.done():  # a worker that stops reading: wait, in the deadline
+                sending[:] = [loop.create_future()]
+                link.send_waiters.append(sending[0])
+                await sending[0]
+            result = await fut
         finally:
+            if timer is not None:
+                timer.cancel()
+            for f in (fut, *sending):  # an error set on a future this request no longer awaits: seen, not logged
+                if f.done() and not f.cancelled():
+                    f.exception()
             link.pending.pop(uid, None)
             # a slot is reused only after its request ended; a worker still reading a timed-out request's slot
             # can only spoil that request's (discarded) result: a new request's frame follows its copy

@@ -216,22 +216,23 @@ def _b64_image(value: Any, what: str) -> bytes:
     return data
 
 
-INLINE_PIXELS = 512 * 512  # uploads up to this size are decoded in the event loop (see small_image)
+INLINE_PIXELS = 512 * 512  # uploads up to this size are decoded in the event loop (see open_small)
 
 
-def small_image(data: bytes) -> bool:
-    """True if `data`'s header says at most INLINE_PIXELS pixels: decoding it in the event loop costs less than a
-    thread hop (a 256² JPEG decodes in ~1 ms; under load the hop and its GIL hand-offs cost more, null model on
-    2 cores: docs/PERFORMANCE.md). Larger or unreadable uploads go to a thread, so that one never stalls the
-    others (its errors are reported there)."""
+def open_small(data: bytes) -> Image.Image | None:
+    """`data` opened (header read, pixels not yet decoded: pass it on to `prepare_image`) if its header says at
+    most INLINE_PIXELS pixels: decoding it in the event loop costs less than a thread hop (a 256² JPEG decodes in
+    ~1 ms; under load the hop and its GIL hand-offs cost more, null model on 2 cores: docs/PERFORMANCE.md). None for
+    larger or unreadable uploads: they go to a thread as bytes, so that one never stalls the others (its errors are
+    reported there)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            return img.width * img.height <= INLINE_PIXELS
+        img = Image.open(io.BytesIO(data))  # reads the header only
     except Exception:  # noqa: BLE001 - any undecodable upload: prepare_image reports it
-        return False
+        return None
+    return img if img.width * img.height <= INLINE_PIXELS else None
 
 
-def prepare_image(data: bytes, entry: ModelEntry, policy: str, limits: Limits) -> tuple[np.ndarray, tuple[int, int]]:
+def prepare_image(data: bytes | Image.Image, entry: ModelEntry, policy: str, limits: Limits) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode and preprocess (`tokenizer.preprocess.prepare`) → (uint8 [H, W, 3], valid (height, width))."""
     try:
         arr, crop = prepare(data, policy=policy, size=entry.image_size, factor=entry.factor,

@@ -39,7 +39,12 @@ def name_process(name: str) -> None:
 
 
 class BodyDeadlineMiddleware:
-    """408 when the request body is not complete `read_timeout` seconds after the app first asks for it."""
+    """408 when the request body is not complete `read_timeout` seconds after the app first asks for it.
+
+    One timer per request, armed at the first `receive()` and disarmed by the body's last chunk: when it fires
+    during a `receive()`, it cancels that wait (the request task is waiting on the client, nothing else); when it
+    fires between two, the next `receive()` raises. (asyncio.wait_for per `receive()` made a task per call: ~1.5 %
+    of an HTTP process's time at 1,000 req/s.)"""
 
     def __init__(self, app, read_timeout: float) -> None:
         self.app, self.read_timeout = app, read_timeout
@@ -47,19 +52,43 @@ class BodyDeadlineMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.read_timeout:
             return await self.app(scope, receive, send)
-        deadline: list[float] = []
+        state = {"timer": None, "waiting": None, "expired": False}
+
+        def expire() -> None:
+            state["expired"] = True
+            if state["waiting"] is not None:
+                state["waiting"].cancel()
+
+        def too_late() -> ApiError:
+            return ApiError(408, "request_timeout", f"the request body did not arrive within {self.read_timeout:g} "
+                            "s (is Content-Length right?); send it faster or in full", headers={"Connection": "close"})
 
         async def timed_receive():
-            if not deadline:
-                deadline.append(time.monotonic() + self.read_timeout)
+            if state["expired"]:
+                raise too_late()
+            if state["timer"] is None:
+                state["timer"] = asyncio.get_running_loop().call_later(self.read_timeout, expire)
+            state["waiting"] = asyncio.current_task()
             try:
-                return await asyncio.wait_for(receive(), max(0.0, deadline[0] - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise ApiError(408, "request_timeout", f"the request body did not arrive within "
-                               f"{self.read_timeout:g} s (is Content-Length right?); send it faster or in full",
-                               headers={"Connection": "close"}) from None
+                message = await receive()
+            except asyncio.CancelledError:
+                if state["expired"]:
+                    task = asyncio.current_task()
+                    if hasattr(task, "uncancel"):  # Python 3.11+: our own cancellation, handled here
+                        task.uncancel()
+                    raise too_late() from None
+                raise
+            finally:
+                state["waiting"] = None
+            if not message.get("more_body"):  # the body is complete (or the client left)
+                state["timer"].cancel()
+            return message
 
-        await self.app(scope, timed_receive, send)
+        try:
+            await self.app(scope, timed_receive, send)
+        finally:
+            if state["timer"] is not None:
+                state["timer"].cancel()
 
 
 def watch_parent(poll_s: float = PARENT_POLL_S) -> None:

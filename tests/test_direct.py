@@ -145,7 +145,7 @@ def test_a_dead_worker_fails_its_requests_with_503_and_its_successor_is_found(tm
         pending = asyncio.ensure_future(d.call(payload(1), timeout=30))
         await asyncio.sleep(0.1)
         link = next(iter(d.links.values()))
-        link.writer.transport.abort()  # what the worker's death looks like from here: the connection closes
+        link.abort()  # what the worker's death looks like from here: the connection closes
         with pytest.raises(ApiError) as err:
             await pending
         assert err.value.status_code == 503 and err.value.code == "worker_restarting"

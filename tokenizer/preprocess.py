@@ -48,15 +48,17 @@ class Crop:
 
 
 def open_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
-    """Decode `src` (bytes, path, file object, PIL image or uint8 array) into an RGB image, EXIF orientation applied."""
-    if isinstance(src, Image.Image):
-        img = src
-    elif isinstance(src, np.ndarray):
+    """Decode `src` (bytes, path, file object, PIL image or uint8 array) into an RGB image, EXIF orientation applied.
+    A PIL image may still be undecoded (`Image.open`'s lazy result, e.g. after a look at its header): it gets the
+    same size check before its pixels are decoded."""
+    if isinstance(src, np.ndarray):
         img = Image.fromarray(_array_to_uint8(src))
     else:
-        fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src
         try:
-            img = Image.open(fp)
+            if isinstance(src, Image.Image):
+                img = src
+            else:
+                img = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray, memoryview)) else src)
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(f"image is {img.width}×{img.height} = {img.width * img.height} pixels; "
                                     f"the limit is {max_pixels}")
