@@ -376,16 +376,21 @@ def test_a_batch_runs_in_ort_batch_chunks(tmp_path):
     codes = tok.encode_array(np.stack(images))
     recon = ReconstructAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
     decode = DecodeAPI(registry, Limits(2**20, 10**6), threads=1, ort_batch=2)
+    calls: list[int] = []  # images per decoder call
     for api in (recon, decode):
         setup_here(api)
-        assert api.ort_batch == 2 and api.chunks(5) == [slice(0, 2), slice(2, 4), slice(4, 6)]
+        assert api.ort_batch == 2
+        model = api.models["tiny-a"]
+        model.decode = lambda grids, release=False, real=model.decode: calls.append(len(grids)) or real(grids, release)
     items = [{"model": "tiny-a", "image": im, "valid": (64, 64), "policy": "resize", "format": "png"} for im in images]
     want = tok.decode(codes)
     got = [np.asarray(Image.open(io.BytesIO(finish(recon, r)))) for r in recon.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
+    assert calls == [2, 2, 1]
     items = [{"model": "tiny-a", "codes": c.astype(np.int32), "format": "png"} for c in codes]
     got = [np.asarray(Image.open(io.BytesIO(finish(decode, r)))) for r in decode.predict(items)]
     np.testing.assert_array_equal(np.stack(got), want)
+    assert calls == [2, 2, 1] * 2
 
 
 @pytest.mark.skipif(not Path("/proc/self/comm").exists(), reason="Linux only")
