@@ -232,7 +232,8 @@ def open_small(data: bytes) -> Image.Image | None:
     return img if img.width * img.height <= INLINE_PIXELS else None
 
 
-def prepare_image(data: bytes | Image.Image, entry: ModelEntry, policy: str, limits: Limits) -> tuple[np.ndarray, tuple[int, int]]:
+def prepare_image(data: bytes | Image.Image, entry: ModelEntry, policy: str,
+                  limits: Limits) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode and preprocess (`tokenizer.preprocess.prepare`) → (uint8 [H, W, 3], valid (height, width))."""
     try:
         arr, crop = prepare(data, policy=policy, size=entry.image_size, factor=entry.factor,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import litserve as ls
 import pytest
+from fastapi import FastAPI, Request, Response
 from starlette.middleware.gzip import GZipMiddleware
 
 from vqtok.server import patches
@@ -46,7 +47,28 @@ def test_the_server_uses_the_overrides():
     routes = {r.path: r for r in server.app.routes}
     assert {"/v1/encode", "/v1/decode", "/v1/reconstruct"} <= set(routes)
     assert not routes["/v1/encode"].dependencies  # LitServe's per-route auth dependency is gone: the middleware checks
+    assert isinstance(routes["/v1/encode"], patches.EdgeRoute)
     assert not [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
+
+
+def test_edge_route_calls_the_endpoint_with_the_raw_request_and_no_dependency_solving(monkeypatch):
+    import fastapi.routing
+    from fastapi.testclient import TestClient
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("FastAPI's dependency solver ran for an EdgeRoute")
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", no_solver)
+
+    async def endpoint(request: Request) -> Response:
+        return Response(await request.body() + b"|" + request.query_params.get("q", "").encode())
+
+    app = FastAPI()
+    app.router.add_api_route("/raw", endpoint, methods=["POST"], route_class_override=patches.EdgeRoute,
+                             response_class=Response)
+    reply = TestClient(app).post("/raw?q=1", content=b"body")
+    assert reply.status_code == 200 and reply.content == b"body|1"
+    assert "/raw" in app.openapi()["paths"]  # still documented
 
 
 def test_litserve_still_adds_gzip_and_drop_gzip_removes_it():
