@@ -422,8 +422,9 @@ class DecodeAPI(TokenizerAPI):
     def run_group(self, mid: str, items: list[dict]) -> list[np.ndarray]:
         tok, (h, w) = self.models[mid], items[0]["codes"].shape
         release = self.outlier(mid, h * w * self.registry.models[mid].factor ** 2)
+        images = self.in_chunks(lambda grids: tok.decode(grids, release), [it["codes"] for it in items])
         self.count(mid, len(items), sum(int(it["codes"].size) for it in items))
-        return self.in_chunks(lambda grids: tok.decode(grids, release), [it["codes"] for it in items])
+        return images
 
     def reply(self, mid: str, item: dict, img: np.ndarray) -> dict:
         return image_reply(mid, img, item["format"], self.png_in_worker)
