@@ -287,6 +287,21 @@ class _Link(asyncio.Protocol):
         self.buf = bytearray()  # received bytes not yet parsed into frames
         self.paused = False  # the transport's write buffer is over its limit: senders wait (flow control)
         self.send_waiters: list[asyncio.Future] = []
+        self.outbox: list[bytes] = []  # frames of this loop iteration's requests, not yet written
+
+    def post(self, data: bytes) -> None:
+        """Queue a request frame; the frames queued in one event-loop iteration go out in one write (`flush`).
+        At c = 64 one write per request woke the worker for nearly every request (83 % of its batches held one);
+        sent together, the worker reads them in one wake-up and runs them as one batch: worker CPU per request
+        0.24–0.27 vs 0.36–0.42 ms (docs/PERFORMANCE.md, "Third pass")."""
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append(data)
+
+    def flush(self) -> None:
+        data, self.outbox = b"".join(self.outbox), []
+        if self.alive and self.transport is not None:  # gone: its requests already have their 503
+            self.transport.write(data)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -409,7 +424,7 @@ class Dispatcher:
 
         timer = None if timeout is None else loop.call_later(timeout, expire)
         try:
-            link.transport.write(frame((uid, deadline, _map_images(payload, share))))
+            link.post(frame((uid, deadline, _map_images(payload, share))))
             while link.paused and link.alive and not fut.done():  # a worker that stops reading: wait, in the deadline
                 sending[:] = [loop.create_future()]
                 link.send_waiters.append(sending[0])

@@ -73,6 +73,20 @@ def test_replies_reach_their_requests_and_batches_respect_the_limit(tmp_path):
     assert max(len(b) for b in api.batches) <= 4 and len(api.batches) < 20  # batched, within the limit
 
 
+def test_requests_of_one_loop_iteration_reach_the_worker_in_one_write(tmp_path):
+    # batch_timeout 0: the worker runs whatever one read brought; the 8 frames arrive together, so one batch of 8
+    api = EchoApi(max_batch_size=8, batch_timeout=0.0)
+    start_worker(tmp_path, api)
+
+    async def go():
+        d = direct.Dispatcher(str(tmp_path), "echo")
+        await d.call(payload(0), timeout=30)  # connected: the next calls reach `post` without yielding
+        return await asyncio.gather(*(d.call(payload(i), timeout=30) for i in range(1, 9)))
+
+    assert [r["i"] for r in asyncio.run(go())] == list(range(1, 9))
+    assert api.batches == [[0], list(range(1, 9))]
+
+
 def test_a_failing_batch_is_a_500_and_the_worker_goes_on(tmp_path):
     start_worker(tmp_path, EchoApi(max_batch_size=1))
 
