@@ -342,7 +342,8 @@ _IMAGE_BODY = {
                    "is {\"results\": [...]}, one entry per image in order (at most --max-items)"},
         "model": {"type": "string"},
         "policy": {"type": "string", "enum": list(POLICIES)}, "format": {"type": "string"},
-        "input": {"type": "string", "enum": ["none", "png"]}}}},
+        "input": {"type": "string", "enum": ["none", "png"]}},
+        "oneOf": [{"required": ["image"]}, {"required": ["images"]}]}},  # exactly one of them (edge.image_items)
     "image/*": {"schema": {"type": "string", "format": "binary"}},
 }
 

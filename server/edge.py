@@ -127,6 +127,8 @@ async def _parse_multipart(request: Request, body: bytes, fields: dict, file_fie
                     raise bad_request(f"unexpected file field {key!r}; send the file as {file_field!r}",
                                       "invalid_multipart")
                 files.append(await value.read())
+            elif key in fields:  # one value per option: which of several would be a guess
+                raise bad_request(f"multipart field {key!r} given more than once", "invalid_parameter")
             else:
                 fields[key] = value
     finally:
@@ -152,6 +154,9 @@ def image_items(body: Body, limits: Limits) -> list[bytes | ApiError] | None:
         return [f if f else bad_request("empty file part", "empty_image") for f in body.files]
     if "images" not in body.fields:
         return None
+    if "image" in body.fields:  # one of the two was sent by mistake: answering either would hide it
+        raise bad_request("send either 'image' (one base64 image) or 'images' (a list of them), not both",
+                          "invalid_parameter")
     values = body.fields["images"]
     # a wrong JSON type breaks the request's schema (request-level 400); bad base64 or an undecodable image is
     # one item's problem (its own error entry)
@@ -168,6 +173,8 @@ def image_items(body: Body, limits: Limits) -> list[bytes | ApiError] | None:
 
 
 def text_field(fields: dict, key: str, default: str | None = None, choices: tuple | None = None) -> str | None:
+    if key in fields and fields[key] is None:  # the schema says string: leave the field out for its default
+        raise bad_request(f"{key!r} must be a string, got null; leave it out for the default", "invalid_parameter")
     value = fields.get(key, default)
     if value is None:
         return None

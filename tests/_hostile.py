@@ -43,6 +43,12 @@ ERRORS = [
     ("encode", dict(content=b"abc", headers={"Content-Type": "multipart/form-data"}), 400, "invalid_multipart"),
     ("encode", dict(json={"image": GOOD, "policy": "stretch"}), 400, "invalid_parameter"),
     ("encode", dict(json={"image": GOOD, "format": "xml"}), 400, "invalid_parameter"),
+    ("encode", dict(json={"images": [GOOD], "image": ""}), 400, "invalid_parameter"),  # both: which one? (schemathesis)
+    ("reconstruct", dict(json={"images": [GOOD], "image": GOOD}), 400, "invalid_parameter"),
+    ("encode", dict(json={"images": [GOOD], "model": None}), 400, "invalid_parameter"),  # null is not a string
+    ("reconstruct", dict(content=b"--b\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\npng\r\n"
+                         b"--b\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\nnpy\r\n--b--\r\n",
+                         headers={"Content-Type": "multipart/form-data; boundary=b"}), 400, "invalid_parameter"),
     ("encode", dict(json={"image": GOOD, "model": "nope"}), 404, "model_not_found"),
     ("encode", dict(json={"image": GOOD, "model": "../tiny-a"}), 404, "model_not_found"),
     ("encode", dict(json={"image": GOOD, "model": str(TINY)}), 404, "model_not_found"),
