@@ -189,6 +189,7 @@ class VqtokServer(patches.ServerOverrides, ls.LitServer):
         self.app.add_api_route("/metrics", self._metrics_route, methods=["GET"], summary="Prometheus metrics",
                                tags=["vqtok"], response_class=PlainTextResponse)
         patches.replace_health(self.app, self.healthcheck_path, self._ready_route)
+        patches.routes_first(self.app, [api.api_path for api in apis])
         for path, route, summary in (
                 ("/health/live", self._live_route, "Liveness: 200 while this HTTP process answers"),
                 ("/health/ready", self._ready_route, "Readiness: 200 only when every inference worker is up and "

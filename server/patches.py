@@ -226,6 +226,13 @@ def replace_health(app, health_path: str, health_route) -> None:
     app.add_api_route(health_path, health_route, methods=["HEAD"], include_in_schema=False)
 
 
+def routes_first(app, paths: list[str]) -> None:
+    """Move the routes of `paths` to the front (order otherwise kept): Starlette tries routes in order, one regex
+    each, and the inference endpoints take nearly every request (LitServe registers /info and the docs first)."""
+    first = [r for r in app.router.routes if getattr(r, "path", None) in paths]
+    app.router.routes = first + [r for r in app.router.routes if getattr(r, "path", None) not in paths]
+
+
 def drop_gzip(app) -> None:
     """Remove the GZipMiddleware LitServer adds (before the app starts: the middleware stack is built then)."""
     app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]

@@ -48,6 +48,10 @@ def test_the_server_uses_the_overrides():
     assert {"/v1/encode", "/v1/decode", "/v1/reconstruct"} <= set(routes)
     assert not routes["/v1/encode"].dependencies  # LitServe's per-route auth dependency is gone: the middleware checks
     assert isinstance(routes["/v1/encode"], patches.EdgeRoute)
+    # Starlette matches routes in order: the inference endpoints are tried first, the rest keep their order
+    paths = [r.path for r in server.app.routes]
+    assert paths[:3] == ["/v1/encode", "/v1/decode", "/v1/reconstruct"]
+    assert paths.index("/openapi.json") < paths.index("/docs") and paths.count("/health") == 2
     assert not [m for m in server.app.user_middleware if m.cls is GZipMiddleware]
 
 

@@ -177,7 +177,9 @@ def fit(img: Image.Image, height: int, width: int) -> np.ndarray:
     nw, nh, left, top = cover_crop(img.width, img.height, height, width)
     if (nw, nh) != img.size:
         img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(img.crop((left, top, left + width, top + height))))
+    if (left, top, nw, nh) != (0, 0, width, height):  # a crop copies the image even when it keeps all of it
+        img = img.crop((left, top, left + width, top + height))
+    return np.ascontiguousarray(np.asarray(img))
 
 
 def save_grid(rows: Sequence[Sequence[np.ndarray]], path: str | Path, labels: Sequence[str] | None = None,
