@@ -1,11 +1,16 @@
 """Training costs: step time with the rotation trick vs STE on the same batch, and peak RSS of a training process.
 
     python -m bench.training [--crop 128] [--batch-size 4] [--repeats 6] [--rss-steps 3]
+    python -m bench.training --autocast [--batch-size 12] [--threads 2]     # fp32 vs bf16 autocast steps only
 
 Step time: `bench.rotation_vs_ste.step_time_ratio` (one model, one fixed batch, forward + backward, alternating
 rotation / STE, median of per-pair ratios) on the default model config. The quantizer's share is also timed alone
 (forward + backward of `VectorQuantizer` on the latents of that batch, both arms interleaved) so the overhead can
 be read in milliseconds, not only as a ratio of two noisy step times.
+
+Autocast: one `Trainer.train_step` (the default recipe: EfficientNet perceptual loss, GAN on) per call on a fixed
+random batch, `autocast: off` and `bf16` interleaved (two trainers, same initial weights); pays on CPUs with AMX /
+AVX512-BF16, costs elsewhere.
 
 Peak RSS: `vqtok train` at the default `TrainConfig` (batch 16, crop 128, EfficientNet perceptual loss) with the
 default model, run for a few steps in a child process on the fixture photos with the discriminator switched on from
@@ -87,6 +92,30 @@ def step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads
             "quantizer_delta_pct_of_step": 100 * (qr - qs) / full["median_ste_s"]}
 
 
+def autocast_step_time(model_cfg: dict, crop: int, batch_size: int, repeats: int, threads: int) -> dict:
+    """Median seconds per default-recipe training step, fp32 vs bf16 autocast, on this machine's CPU."""
+    import torch
+
+    from vqtok.tokenizer.train import Trainer, TrainConfig
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        base = {"model": model_cfg, "device": "cpu", "crop": crop, "batch_size": batch_size, "disc_start": 0}
+        x = torch.randint(0, 256, (batch_size, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        steps = {}
+        for mode in ("off", "bf16"):
+            torch.manual_seed(0)
+            trainer = Trainer(TrainConfig.from_dict(base | {"autocast": mode}))
+            steps[mode] = lambda t=trainer: t.train_step(x)
+        t = interleaved(steps, max_rounds=repeats, min_rounds=repeats, max_s=0.0, settle_s=0.0)
+    finally:
+        torch.set_num_threads(old)
+    fp32, bf16 = t["off"].median, t["bf16"].median
+    return {"crop": crop, "batch_size": batch_size, "threads": threads, "fp32_s": fp32, "bf16_s": bf16,
+            "speedup": fp32 / bf16}
+
+
 def training_rss(model_cfg: dict, steps: int = 3, data: Path = PHOTOS, overrides: list[str] | None = None,
                  timeout: float = 300.0) -> dict:
     """Peak RSS (MiB) of `vqtok train` at the default TrainConfig for `steps` steps, in a child process."""
@@ -126,8 +155,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--rss-steps", type=int, default=3)
+    ap.add_argument("--autocast", action="store_true", help="only time fp32 vs bf16-autocast training steps")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for --autocast (default: all cores)")
     args = ap.parse_args(argv)
     cfg = default_model_config(Path(args.model) if args.model else None)
+    if args.autocast:
+        out = {"autocast": autocast_step_time(cfg, args.crop, args.batch_size, args.repeats, args.threads or cores())}
+        print(json.dumps(out["autocast"], indent=1))
+        return out
     t0 = time.time()
     out = {"step_time": step_time(cfg, args.crop, args.batch_size, args.repeats)}
     print(json.dumps(out["step_time"], indent=1), f"{time.time() - t0:.0f} s")

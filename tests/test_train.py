@@ -361,3 +361,27 @@ def test_init_fine_tunes_from_a_model(tmp_path, tiny_config):
                                  "device": "cpu", "perceptual": "none"})
     with pytest.raises(ValueError, match="code_dim"):
         Trainer(bad)
+
+
+def test_bf16_autocast_on_cpu_when_asked_with_an_fp32_quantizer(tiny_config):
+    """`autocast: bf16` runs the networks in bf16 on a CPU too ("auto" keeps fp32 there); the quantizer's distances,
+    codes and rotation stay fp32, and a training step (GAN on) gives finite losses and fp32 weights."""
+    base = {"model": tiny_config, "device": "cpu", "perceptual": "none", "disc_start": 0, "batch_size": 2, "crop": 32}
+    assert not Trainer(TrainConfig.from_dict(base)).autocast["enabled"]
+    torch.manual_seed(0)
+    trainer = Trainer(TrainConfig.from_dict(base | {"autocast": "bf16"}))
+    assert trainer.autocast["enabled"] and trainer.autocast["dtype"] == torch.bfloat16
+    seen = {}
+
+    def dtype_of(name):
+        def hook(module, args, out) -> None:
+            seen.setdefault(name, (out[0] if isinstance(out, tuple) else out).dtype)
+        return hook
+    trainer.model.quantizer.register_forward_hook(dtype_of("zq"))
+    trainer.model.encoder.register_forward_hook(dtype_of("e"))
+    out = trainer.train_step(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert seen == {"e": torch.bfloat16, "zq": torch.float32}
+    assert all(math.isfinite(v) for v in out.values())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    with pytest.raises(ValueError, match="autocast"):
+        TrainConfig.from_dict(base | {"autocast": "fp8"})

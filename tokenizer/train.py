@@ -69,6 +69,9 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0                    # torch intra-op threads on CPU (0: torch's default)
+    # bf16 autocast (the quantizer stays fp32). "auto": on CUDA only. "bf16" also on CPU, where it pays on CPUs with
+    # AMX / AVX512-BF16 (≈1.9× faster steps on the dev VM: docs/PERFORMANCE.md, `python -m bench.training --autocast`)
+    autocast: Literal["auto", "bf16", "off"] = "auto"
     progress: bool = True
 
     def __post_init__(self):
@@ -161,7 +164,8 @@ class Trainer:
             self.disc_ddp = torch.nn.parallel.DistributedDataParallel(self.disc, device_ids=ids)
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
-        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        bf16 = cfg.autocast == "bf16" or (cfg.autocast == "auto" and self.device.type == "cuda")
+        self.autocast = dict(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
