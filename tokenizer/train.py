@@ -70,7 +70,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0                    # torch intra-op threads on CPU (0: torch's default)
     # bf16 autocast (the quantizer stays fp32). "auto": on CUDA only. "bf16" also on CPU, where it pays on CPUs with
-    # AMX / AVX512-BF16 (≈1.9× faster steps on the dev VM: docs/PERFORMANCE.md, `python -m bench.training --autocast`)
+    # AMX / AVX512-BF16 (2.2× faster steps on the AMX dev VM: docs/PERFORMANCE.md, `python -m bench.training --autocast`)
     autocast: Literal["auto", "bf16", "off"] = "auto"
     progress: bool = True
 
