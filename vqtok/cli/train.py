@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 HELP = "Train a VQGAN tokenizer (rotation trick or STE) on a folder of images or a manifest TSV."
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     result = train(build_config(args), resume=args.resume)
-    print(json.dumps(result))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank has it; two writers interleave one pipe
+        print(json.dumps(result), flush=True)
     if result.get("ranks_in_sync") is False:
         print("error: model weights differ across ranks", flush=True)
         return 1
