@@ -124,7 +124,11 @@ def test_children_never_outlive_a_killed_main_process(root):
                   for p in kids):
             assert time.monotonic() < deadline, comms(srv)
             time.sleep(0.1)
-        with socket.socket() as s:  # the port is free: a restart would bind it
+        # The port is free: a restart would bind it. SO_REUSEADDR as uvicorn's bind_socket sets it: connections the
+        # killed processes held sit in TIME_WAIT on this port (a plain bind fails on those: seen once in CI), while
+        # a listening socket that outlived the kill still makes this bind fail.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", srv.port))
     finally:
         srv.stop()
