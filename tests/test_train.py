@@ -385,3 +385,29 @@ def test_bf16_autocast_on_cpu_when_asked_with_an_fp32_quantizer(tiny_config):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     with pytest.raises(ValueError, match="autocast"):
         TrainConfig.from_dict(base | {"autocast": "fp8"})
+
+
+def test_decoder_only_fine_tune_keeps_every_code(tmp_path, tiny_config):
+    """`trainable: decoder` moves the decoder (and post_quant_proj) but not one bit of the encoder, quant_proj or
+    codebook — even with dead-code revival set to fire every step and the GAN on — so codes never change."""
+    from vqtok.tokenizer.model import TokenizerConfig
+
+    torch.manual_seed(5)
+    model_cfg = tiny_config | {"revive_dead_codes": True, "dead_code_threshold": 0.995}
+    Tokenizer(TokenizerConfig.from_dict(model_cfg)).save_pretrained(tmp_path / "src")
+    base = {"model": model_cfg, "init": str(tmp_path / "src"), "device": "cpu", "perceptual": "none",
+            "disc_start": 0, "batch_size": 2, "crop": 32, "warmup": 1, "lr": 1e-2, "ema": True}
+    before = Tokenizer.from_pretrained(tmp_path / "src").state_dict()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for trainable in ("decoder", "all"):
+        trainer = Trainer(TrainConfig.from_dict(base | {"trainable": trainable}))
+        for _ in range(3):
+            trainer.train_step(images)
+        for model in (trainer.model, trainer.ema):
+            moved = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+            if trainable == "decoder":
+                assert moved == {"decoder", "post_quant_proj"}, moved
+            else:  # the control: the same steps move the frozen parts when nothing is frozen
+                assert {"encoder", "quant_proj", "quantizer"} <= moved, moved
+    with pytest.raises(ValueError, match="init"):
+        TrainConfig.from_dict({"model": tiny_config, "trainable": "decoder"})

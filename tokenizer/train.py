@@ -47,6 +47,10 @@ class TrainConfig:
     saturation: tuple[float, float] = (1.0, 1.0)  # HSV saturation scaled by U(lo, hi)
     patches: float = 0.0                # probability of flat random-colour rectangles on a crop (data.paint_patches)
     init: str | None = None             # fine-tune: start from this model folder or id (same architecture)
+    # "decoder": train only post_quant_proj + decoder; encoder, quant_proj and codebook stay frozen (eval mode: no
+    # revival, no codebook EMA), so every image keeps its codes — the token contract holds bit for bit and token
+    # datasets made with the init model stay valid. Needs `init`.
+    trainable: Literal["all", "decoder"] = "all"
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 1e-4
@@ -77,6 +81,9 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(self, "training option")  # types and enums: `--set lr="abc"` stops here, not in AdamW
         TokenizerConfig.from_dict(self.model)  # the model options too, before any data is read
+        if self.trainable == "decoder" and not self.init:
+            raise ValueError('trainable="decoder" fine-tunes the decoder of a trained model: set init to its '
+                             'folder or id (a frozen random encoder would make codes no one wants)')
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -154,8 +161,13 @@ class Trainer:
             self.model.load_state_dict(init.state_dict())
         self.disc = PatchDiscriminator().to(self.device)
         self.perceptual = make_perceptual(cfg.perceptual).to(self.device) if cfg.perceptual != "none" else None
+        self.frozen = [self.model.encoder, self.model.quant_proj, self.model.quantizer] \
+            if cfg.trainable == "decoder" else []
+        for m in self.frozen:
+            m.requires_grad_(False)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.ema else None
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # AdamW's weight decay must skip frozen ones
+        self.opt = torch.optim.AdamW(trained, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=cfg.weight_decay)
         self.step = 0
         if self.ddp:
@@ -210,6 +222,8 @@ class Trainer:
         use_gan = self.step >= cfg.disc_start and cfg.disc_weight > 0
 
         self.model.train()
+        for m in self.frozen:
+            m.eval()  # no dead-code revival or codebook EMA: the codes must not move
         with torch.autocast(**self.autocast):
             recon, aux = self.model_ddp(x)
             recon = recon.float()
@@ -227,7 +241,7 @@ class Trainer:
             loss = nll + d_w * g_loss + aux["loss"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], cfg.grad_clip)
         self.opt.step()
 
         d_loss = torch.zeros(())
