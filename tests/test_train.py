@@ -411,3 +411,37 @@ def test_decoder_only_fine_tune_keeps_every_code(tmp_path, tiny_config):
                 assert {"encoder", "quant_proj", "quantizer"} <= moved, moved
     with pytest.raises(ValueError, match="init"):
         TrainConfig.from_dict({"model": tiny_config, "trainable": "decoder"})
+
+
+def test_lab_l1_matches_scikit_image_and_is_zero_on_identical_images():
+    """The colour loss is the channel-mean |ΔL*a*b*| / 100 that scikit-image's rgb2lab gives (an independent
+    implementation), 0 on identical images, and a hue shift the RGB L1 barely sees weighs more than an equal-L1 grey
+    shift does (why it exists)."""
+    from skimage.color import rgb2lab
+
+    from vqtok.tokenizer.losses import lab_l1
+
+    def model_range(rgb):
+        return torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 4, 4) / 127.5 - 1
+
+    pairs = [((224, 163, 46), (244, 144, 52)), ((10, 200, 10), (10, 166, 24)), ((0, 0, 0), (255, 255, 255))]
+    for a, b in pairs:
+        want = np.abs(rgb2lab(np.array([[a]]) / 255) - rgb2lab(np.array([[b]]) / 255)).mean() / 100
+        assert lab_l1(model_range(b), model_range(a)).item() == pytest.approx(want, rel=1e-3)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert lab_l1(x, x).item() == 0.0
+    hue = lab_l1(model_range((224, 163, 46)), model_range((214, 173, 36)))    # RGB L1 10/127.5: a hue shift
+    grey = lab_l1(model_range((128, 128, 128)), model_range((138, 138, 138)))  # RGB L1 10/127.5: lighter
+    assert hue > grey
+
+
+def test_colour_weight_adds_the_lab_term_to_the_training_loss(tiny_config):
+    """colour_weight > 0 puts colour_weight × lab_l1 in the loss (logged as "lab"); 0 leaves the loss as it was."""
+    base = {"model": tiny_config, "device": "cpu", "perceptual": "none", "batch_size": 2, "crop": 32, "lr": 0.0}
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    out = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        out[w] = Trainer(TrainConfig.from_dict(base | {"colour_weight": w})).train_step(images)
+    assert out[0.0]["lab"] == 0.0 and out[2.0]["lab"] > 0
+    assert out[2.0]["loss"] - out[0.0]["loss"] == pytest.approx(2.0 * out[2.0]["lab"], rel=1e-4)

@@ -1,9 +1,11 @@
-"""Adversarial part of the VQGAN recipe: PatchGAN discriminator, hinge losses, taming's adaptive weight."""
+"""Losses beside L1 and the perceptual term: PatchGAN discriminator, hinge losses, taming's adaptive weight, and
+an L1 in CIELAB for colour fidelity."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from kornia.color import rgb_to_lab
 
 
 class PatchDiscriminator(nn.Module):
@@ -43,3 +45,15 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+
+
+def lab_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean |ΔL*| + |Δa*| + |Δb*| over channels, / 100, of images [B, 3, H, W] in [-1, 1] (sRGB, D65), in fp32.
+
+    Why: an RGB L1 weighs a hue shift between saturated yellows lightly — orange yellow (224, 163, 46) came back
+    as (244, 144, 52), an L1 of 0.1 on the [-1, 1] scale but CIEDE2000 ≈ 12 — while CIELAB distances follow what
+    people see. Per pixel, so it also pulls photo ΔE, not only flat colours. Out-of-range reconstructions are
+    clamped first (the RGB L1 still sees them)."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        lab = [rgb_to_lab(((t.float() + 1) / 2).clamp(0, 1)) for t in (recon, x)]
+        return (lab[0] - lab[1]).abs().mean() / 100

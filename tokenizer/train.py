@@ -1,4 +1,5 @@
-"""VQGAN training: reconstruction + perceptual + PatchGAN (hinge, adaptive weight) + codebook/commitment losses.
+"""VQGAN training: reconstruction (+ optional CIELAB L1) + perceptual + PatchGAN (hinge, adaptive weight) +
+codebook/commitment losses.
 
 One process, or several under torchrun (DDP; gloo on CPU, nccl on GPU). Rank 0 writes, into `out/`:
 config.json + model.safetensors (loadable by `Tokenizer.from_pretrained`), train_state.pt (optimisers, scheduler,
@@ -23,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import CropDataset, ResumableSampler, collate_skip_none, list_images
-from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss
+from .losses import PatchDiscriminator, adaptive_weight, d_hinge_loss, g_hinge_loss, lab_l1
 from .model import Tokenizer, TokenizerConfig, to_uint8
 from .options import check_fields, from_dict
 from .perceptual import make_perceptual
@@ -61,6 +62,7 @@ class TrainConfig:
     recon_weight: float = 1.0
     perceptual: Literal["effnet", "lpips", "none"] = "effnet"
     perceptual_weight: float = 0.1
+    colour_weight: float = 0.0          # L1 in CIELAB (losses.lab_l1) on top of `recon`; 0: off
     disc_start: int = 10**9             # step at which the GAN loss switches on
     disc_weight: float = 0.1
     disc_lr: float = 1e-4
@@ -233,6 +235,10 @@ class Trainer:
             if self.perceptual is not None:
                 p_loss = self.perceptual(recon, x).mean()
                 nll = nll + cfg.perceptual_weight * p_loss
+            lab = torch.zeros((), device=self.device)
+            if cfg.colour_weight > 0:
+                lab = lab_l1(recon, x)
+                nll = nll + cfg.colour_weight * lab
             g_loss = torch.zeros((), device=self.device)
             d_w = torch.zeros((), device=self.device)
             if use_gan:
@@ -257,7 +263,7 @@ class Trainer:
                     pe.lerp_(pm, 1 - cfg.ema_decay) if pe.dtype.is_floating_point else pe.copy_(pm)
         self.step += 1
         self._last = (x, recon)
-        return {"loss": loss.item(), "rec": rec.item(), "perceptual": p_loss.item(), "g_loss": g_loss.item(),
+        return {"loss": loss.item(), "rec": rec.item(), "perceptual": p_loss.item(), "lab": lab.item(), "g_loss": g_loss.item(),
                 "d_loss": d_loss.item(), "disc_weight": float(d_w), "commit_codebook": aux["loss"].item(),
                 "usage": aux["usage"].item(), "perplexity": aux["perplexity"].item(),
                 "quant_error": aux["quant_error"].item(), "e_sq": aux["e_sq"].item(), "grad_norm": float(gnorm),
