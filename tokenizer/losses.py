@@ -51,7 +51,7 @@ def lab_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Mean |ΔL*| + |Δa*| + |Δb*| over channels, / 100, of images [B, 3, H, W] in [-1, 1] (sRGB, D65), in fp32.
 
     Why: an RGB L1 weighs a hue shift between saturated yellows lightly — orange yellow (224, 163, 46) came back
-    as (244, 144, 52), an L1 of 0.1 on the [-1, 1] scale but CIEDE2000 ≈ 12 — while CIELAB distances follow what
+    as (244, 144, 52), an L1 of 0.12 on the [-1, 1] scale but CIEDE2000 ≈ 12 — while CIELAB distances follow what
     people see. Per pixel, so it also pulls photo ΔE, not only flat colours. Out-of-range reconstructions are
     clamped first (the RGB L1 still sees them)."""
     with torch.autocast(device_type=x.device.type, enabled=False):
