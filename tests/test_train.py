@@ -445,5 +445,6 @@ def test_colour_weight_adds_the_lab_term_to_the_training_loss(tiny_config):
         out[w] = Trainer(TrainConfig.from_dict(base | {"colour_weight": w})).train_step(images)
     assert out[0.0]["lab"] == 0.0 and out[2.0]["lab"] > 0
     assert out[2.0]["loss"] - out[0.0]["loss"] == pytest.approx(2.0 * out[2.0]["lab"], rel=1e-4)
-    with pytest.raises(ValueError, match="colour_weight"):
-        TrainConfig.from_dict(base | {"colour_weight": -1.0})
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="colour_weight"):
+            TrainConfig.from_dict(base | {"colour_weight": bad})

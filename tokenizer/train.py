@@ -83,8 +83,9 @@ class TrainConfig:
     def __post_init__(self):
         check_fields(self, "training option")  # types and enums: `--set lr="abc"` stops here, not in AdamW
         TokenizerConfig.from_dict(self.model)  # the model options too, before any data is read
-        if self.colour_weight < 0:
-            raise ValueError(f"colour_weight must be >= 0 (0 turns the CIELAB loss off), got {self.colour_weight}")
+        if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):  # NaN/inf would poison every step
+            raise ValueError(f"colour_weight must be a finite number >= 0 (0 turns the CIELAB loss off), "
+                             f"got {self.colour_weight}")
         if self.trainable == "decoder" and not self.init:
             raise ValueError('trainable="decoder" fine-tunes the decoder of a trained model: set init to its '
                              'folder or id (a frozen random encoder would make codes no one wants)')
