@@ -327,6 +327,28 @@ def test_crop_dataset_colour_jitter(photos):
     assert sum(not torch.equal(plain[(0, s)], jit[(0, s)]) for s in range(8)) >= 7
 
 
+def test_grey_patches_are_neutral_and_off_by_default():
+    from vqtok.tokenizer.data import paint_patches
+
+    base = np.zeros((64, 64, 3), np.uint8)
+    base[..., 0] = 255  # red background, so a painted grey is told apart from it
+    for s in range(50):  # grey = 0 draws nothing extra: the samples of earlier runs are kept
+        assert np.array_equal(paint_patches(base, random.Random(s)), paint_patches(base, random.Random(s), 0.0))
+    grey = [paint_patches(base, random.Random(s), 1.0).reshape(-1, 3).astype(int) for s in range(50)]
+    painted = np.concatenate([g[(g != [255, 0, 0]).any(1)] for g in grey])
+    assert len(painted) > 0 and (painted.max(1) == painted.min(1)).all()  # every painted pixel is neutral
+    some = [paint_patches(base, random.Random(s), 0.3).reshape(-1, 3).astype(int) for s in range(200)]
+    neutral = sum(((g.max(1) == g.min(1)) & (g[:, 0] != 255)).any() for g in some)
+    assert 30 < neutral < 100  # ~1/3: 1-3 rectangles each neutral with p 0.3, white (value 1) ones not counted
+
+
+@pytest.mark.parametrize("key", ["hue", "patches", "patch_grey"])
+def test_probability_options_are_checked(key):
+    with pytest.raises(ValueError, match=key):
+        TrainConfig.from_dict({key: 1.5})
+    assert getattr(TrainConfig.from_dict({key: 0.2}), key) == 0.2
+
+
 def test_colour_patches_reach_saturated_corners(photos):
     from vqtok.tokenizer.data import paint_patches
 

@@ -62,9 +62,10 @@ class CropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: list[Path], crop: int = 128, scale: tuple[float, float] = (1.0, 2.0), flip: bool = True,
-                 hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0), patches: float = 0.0):
+                 hue: float = 0.0, saturation: tuple[float, float] = (1.0, 1.0), patches: float = 0.0,
+                 patch_grey: float = 0.0):
         self.paths, self.crop, self.scale, self.flip = paths, crop, scale, flip
-        self.hue, self.saturation, self.patches = hue, saturation, patches
+        self.hue, self.saturation, self.patches, self.patch_grey = hue, saturation, patches, patch_grey
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -92,14 +93,17 @@ class CropDataset(torch.utils.data.Dataset):
             arr = jitter_colour(arr, rng.random() * 256 if rng.random() < self.hue else 0.0,
                                 rng.uniform(*self.saturation))
         if self.patches > 0 and rng.random() < self.patches:
-            arr = paint_patches(arr, rng)
+            arr = paint_patches(arr, rng, self.patch_grey)
         return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
 
 
-def paint_patches(rgb: np.ndarray, rng: random.Random) -> np.ndarray:
+def paint_patches(rgb: np.ndarray, rng: random.Random, grey: float = 0.0) -> np.ndarray:
     """uint8 [H, W, 3] → the same with 1-3 axis-aligned rectangles (each the whole image with probability 1/4) of a
     flat colour: hue uniform, HSV saturation 1 (p 0.3) or √U, value 1 (p 0.3) or U(0.05, 1), so the whole RGB
-    gamut, its fully saturated edge included, is in the training distribution."""
+    gamut, its fully saturated edge included, is in the training distribution. With probability `grey` a rectangle
+    is neutral (saturation 0) instead: √U saturation almost never draws one (p 0.01 below 0.1), and flat greys came
+    back with a blue or magenta cast (docs/colour.md, stage 11). `grey` = 0 draws nothing extra, so the samples stay
+    those of earlier runs."""
     out = np.array(rgb)
     h, w = out.shape[:2]
     for _ in range(rng.randint(1, 3)):
@@ -109,6 +113,8 @@ def paint_patches(rgb: np.ndarray, rng: random.Random) -> np.ndarray:
             ph, pw = rng.randint(max(1, h // 8), h), rng.randint(max(1, w // 8), w)
             top, left = rng.randint(0, h - ph), rng.randint(0, w - pw)
         sat = 1.0 if rng.random() < 0.3 else math.sqrt(rng.random())
+        if grey > 0 and rng.random() < grey:
+            sat = 0.0
         value = 1.0 if rng.random() < 0.3 else rng.uniform(0.05, 1.0)
         r, g, b = colorsys.hsv_to_rgb(rng.random(), sat, value)
         out[top:top + ph, left:left + pw] = np.round(np.array([r, g, b]) * 255).astype(np.uint8)

@@ -47,6 +47,7 @@ class TrainConfig:
     hue: float = 0.0                    # probability of a random hue rotation per crop (data.CropDataset)
     saturation: tuple[float, float] = (1.0, 1.0)  # HSV saturation scaled by U(lo, hi)
     patches: float = 0.0                # probability of flat random-colour rectangles on a crop (data.paint_patches)
+    patch_grey: float = 0.0             # probability that such a rectangle is neutral grey (data.paint_patches)
     init: str | None = None             # fine-tune: start from this model folder or id (same architecture)
     # "decoder": train only post_quant_proj + decoder; encoder, quant_proj and codebook stay frozen (eval mode: no
     # revival, no codebook EMA), so every image keeps its codes — the token contract holds bit for bit and token
@@ -86,6 +87,9 @@ class TrainConfig:
         if not (math.isfinite(self.colour_weight) and self.colour_weight >= 0):  # NaN/inf would poison every step
             raise ValueError(f"colour_weight must be a finite number >= 0 (0 turns the CIELAB loss off), "
                              f"got {self.colour_weight}")
+        for name in ("hue", "patches", "patch_grey"):  # probabilities: outside [0, 1] is a typo, not a recipe
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability: give a number in [0, 1], got {getattr(self, name)}")
         if self.trainable == "decoder" and not self.init:
             raise ValueError('trainable="decoder" fine-tunes the decoder of a trained model: set init to its '
                              'folder or id (a frozen random encoder would make codes no one wants)')
@@ -279,7 +283,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         paths = list_images(cfg.data, cfg.split)
-        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip, cfg.hue, cfg.saturation, cfg.patches)
+        dataset = CropDataset(paths, cfg.crop, cfg.scale, cfg.flip, cfg.hue, cfg.saturation, cfg.patches,
+                             cfg.patch_grey)
         sampler = ResumableSampler(len(dataset), cfg.seed, self.step * cfg.batch_size * self.world, self.rank, self.world)
         loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                                              collate_fn=collate_skip_none, persistent_workers=cfg.workers > 0,
