@@ -102,7 +102,7 @@ def paint_patches(rgb: np.ndarray, rng: random.Random, grey: float = 0.0) -> np.
     flat colour: hue uniform, HSV saturation 1 (p 0.3) or √U, value 1 (p 0.3) or U(0.05, 1), so the whole RGB
     gamut, its fully saturated edge included, is in the training distribution. With probability `grey` a rectangle
     is neutral (saturation 0) instead: √U saturation almost never draws one (p 0.01 below 0.1), and flat greys came
-    back with a blue or magenta cast (docs/colour.md, stage 11). `grey` = 0 draws nothing extra, so the samples stay
+    back with a blue or magenta cast (docs/colour.md, "Stages 11 and 12"). `grey` = 0 draws nothing extra, so the samples stay
     those of earlier runs."""
     out = np.array(rgb)
     h, w = out.shape[:2]
