@@ -3,6 +3,7 @@
     python -m bench.colour_ab MODEL_DIR... [--data ../shared/data/photos/manifest.tsv]
     python -m bench.colour_ab --sensitivity MODEL_DIR   # how much the losses see a colour change vs the model's error
     python -m bench.colour_ab --bottleneck MODEL_DIR    # flat colours decoded from codes vs from the unquantised e
+    python -m bench.colour_ab --heldout MODEL_DIR...    # 120 random flat colours no model was picked on, at 256²
 
 Cheaper than `vqtok eval` (no perceptual or Fréchet networks, smaller images) so that several short fine-tuning
 runs can be compared on a busy 2-core machine; the shipped numbers come from `vqtok eval` at 256².
@@ -17,7 +18,7 @@ import torch
 
 from vqtok.tokenizer.colour import mean_delta_e
 from vqtok.tokenizer.data import list_images
-from vqtok.tokenizer.eval import colour_set_metrics, psnr
+from vqtok.tokenizer.eval import colour_set_metrics, psnr, reconstruct
 from vqtok.tokenizer.model import Tokenizer, to_model_range, to_uint8
 from vqtok.tokenizer.preprocess import prepare
 
@@ -84,16 +85,45 @@ def bottleneck(model_dir: str, size: int = 64) -> dict:
             "mean_unquantised": float(np.mean([r["unquantised"] for r in rows.values()])), "colours": rows}
 
 
+@torch.no_grad()
+def heldout(model_dir: str, count: int = 120, seed: int = 2026, size: int = 256) -> dict:
+    """ΔE00 and PSNR of `count` uniform random sRGB colours as flat size² images, and of 8 mosaics of them: colours
+    that no shipped model was selected on (the colour set of `vqtok eval` was), to see whether a colour-set ranking
+    holds. Training paints random flat colours too (`patches`), so this checks the selection, not unseen colours."""
+    from skimage.color import rgb2lab
+
+    from vqtok.tokenizer.colour import flat_image, mosaics
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(count, 3), dtype=np.uint8)
+    chroma = np.hypot(*rgb2lab(colours[None])[0, :, 1:].T)
+    images = [flat_image(tuple(int(v) for v in c), size) for c in colours] + mosaics(size, 8, colours=colours, seed=seed)
+    recons = reconstruct(Tokenizer.from_pretrained(model_dir).eval(), images)
+    de = np.array([mean_delta_e(a, b) for a, b in zip(images, recons)])
+    ps = np.array([psnr(a, b) for a, b in zip(images, recons)])
+    flat = de[:count]
+    return {"model": model_dir, "flat_de_mean": float(flat.mean()), "flat_de_p90": float(np.percentile(flat, 90)),
+            "flat_de_worst": float(flat.max()), "flat_within_3": int((flat <= 3).sum()),
+            "flat_de_mean_chroma_over_50": float(flat[chroma > 50].mean()), "n_chroma_over_50": int((chroma > 50).sum()),
+            "flat_psnr": float(ps[:count].mean()), "mosaic_de_mean": float(de[count:].mean()),
+            "mosaic_psnr": float(ps[count:].mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
     ap.add_argument("--data", default="../shared/data/photos/manifest.tsv")
     ap.add_argument("--sensitivity", action="store_true")
     ap.add_argument("--bottleneck", action="store_true")
+    ap.add_argument("--heldout", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.bottleneck:
         print(json.dumps(bottleneck(args.models[0]), indent=1))
+        return
+    if args.heldout:
+        for m in args.models:
+            print(json.dumps(heldout(m)), flush=True)
         return
     if args.sensitivity:
         print(json.dumps(sensitivity(args.models[0], args.data), indent=1))

@@ -72,3 +72,13 @@ def test_mosaics_cover_the_set_in_token_aligned_patches():
         assert {tuple(int(c) for c in p) for p in patches} == set(COLOUR_SET.values())  # 64 patches, all 41 colours
         assert (m[:32, :32] == m[0, 0]).all()  # a patch is one colour
     assert not np.array_equal(ms[0], ms[1]) and np.array_equal(ms[0], mosaics(256)[0])  # fixed, distinct
+
+
+def test_mosaics_of_more_colours_than_patches_use_a_distinct_subset_each():
+    colours = np.random.default_rng(1).integers(0, 256, size=(120, 3), dtype=np.uint8)
+    ms = mosaics(256, 3, colours=colours, seed=5)
+    given = {tuple(int(c) for c in row) for row in colours}
+    for m in ms:
+        patches = {tuple(int(c) for c in p) for p in m[::32, ::32].reshape(-1, 3)}
+        assert len(patches) == 64 and patches <= given  # 64 different colours of the 120, no repeats
+    assert not np.array_equal(ms[0], ms[1]) and np.array_equal(ms[2], mosaics(256, 3, colours=colours, seed=5)[2])

@@ -48,14 +48,16 @@ def flat_image(rgb: tuple[int, int, int], size: int = 256) -> np.ndarray:
     return np.broadcast_to(np.asarray(rgb, np.uint8), (size, size, 3)).copy()
 
 
-def mosaics(size: int = 256, count: int = MOSAIC_COUNT, patch: int = MOSAIC_PATCH) -> list[np.ndarray]:
-    """`count` uint8 images tiled with `patch`-pixel squares of the colour set, in a fixed shuffled order."""
-    colours = np.asarray(list(COLOUR_SET.values()), np.uint8)
+def mosaics(size: int = 256, count: int = MOSAIC_COUNT, patch: int = MOSAIC_PATCH,
+            colours: np.ndarray | None = None, seed: int = 0) -> list[np.ndarray]:
+    """`count` uint8 images tiled with `patch`-pixel squares of `colours` [N, 3] (default: the colour set), in a
+    fixed shuffled order; every colour appears when the tiles outnumber the colours, else a random subset each."""
+    colours = np.asarray(list(COLOUR_SET.values()) if colours is None else colours, np.uint8)
     n = size // patch
-    rng = np.random.default_rng(0)  # fixed: the mosaics are part of the benchmark, not a random draw
+    rng = np.random.default_rng(seed)  # fixed: the mosaics are part of the benchmark, not a random draw
     out = []
     for _ in range(count):
-        idx = rng.permutation(np.resize(np.arange(len(colours)), n * n)).reshape(n, n)
+        idx = rng.permutation(np.resize(np.arange(len(colours)), max(n * n, len(colours))))[:n * n].reshape(n, n)
         out.append(np.repeat(np.repeat(colours[idx], patch, axis=0), patch, axis=1))
     return out
 

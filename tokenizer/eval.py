@@ -66,15 +66,22 @@ def encode_with_error(model: Tokenizer, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def colour_set_metrics(model: Tokenizer, size: int = 256, batch_size: int = 8) -> dict:
-    """Mean and worst CIEDE2000 ΔE and mean PSNR over the flat colour-set images, and over the mosaics."""
+def reconstruct(model: Tokenizer, images: list[np.ndarray], batch_size: int = 8) -> list[np.ndarray]:
+    """uint8 [H, W, 3] images of one size → the model's uint8 reconstructions (encode to codes, decode)."""
     dev = next(model.parameters()).device
-    names = list(COLOUR_SET)
-    images = [flat_image(COLOUR_SET[n], size) for n in names] + mosaics(size)
     recons = []
     for i in range(0, len(images), batch_size):
         x = to_model_range(torch.from_numpy(np.stack(images[i:i + batch_size]))).to(dev)
         recons += list(to_uint8(model.decode(model.encode(x))).cpu().numpy())
+    return recons
+
+
+@torch.no_grad()
+def colour_set_metrics(model: Tokenizer, size: int = 256, batch_size: int = 8) -> dict:
+    """Mean and worst CIEDE2000 ΔE and mean PSNR over the flat colour-set images, and over the mosaics."""
+    names = list(COLOUR_SET)
+    images = [flat_image(COLOUR_SET[n], size) for n in names] + mosaics(size)
+    recons = reconstruct(model, images, batch_size)
     de = [mean_delta_e(a, b) for a, b in zip(images, recons)]
     ps = [psnr(a, b) for a, b in zip(images, recons)]
     flat_de, flat_ps, n = de[:len(names)], ps[:len(names)], len(names)
