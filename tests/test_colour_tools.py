@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -21,24 +22,24 @@ def test_plot_runs_writes_a_png(tmp_path):
     assert w > 400 and h > 300
 
 
-def test_colour_ab_bottleneck_on_a_tiny_model(tmp_path):
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> str:
     torch.manual_seed(0)
     cfg = TokenizerConfig(base_channels=8, channel_mult=(1, 2), latent_channels=8, codebook_size=32, code_dim=4,
                           image_size=32, model_id="tiny-colour")
     Tokenizer(cfg).save_pretrained(tmp_path / "m")
     torch.set_num_threads(1)
-    res = colour_ab.bottleneck(str(tmp_path / "m"), size=16)
+    return str(tmp_path / "m")
+
+
+def test_colour_ab_bottleneck_on_a_tiny_model(tiny_model_dir):
+    res = colour_ab.bottleneck(tiny_model_dir, size=16)
     assert len(res["colours"]) == 41 and res["mean_codes"] > 0 and res["mean_unquantised"] > 0
 
 
-def test_colour_ab_heldout_on_a_tiny_model(tmp_path):
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(base_channels=8, channel_mult=(1, 2), latent_channels=8, codebook_size=32, code_dim=4,
-                          image_size=32, model_id="tiny-heldout")
-    Tokenizer(cfg).save_pretrained(tmp_path / "m")
-    torch.set_num_threads(1)
-    res = colour_ab.heldout(str(tmp_path / "m"), count=10, seed=3, size=64)
+def test_colour_ab_heldout_on_a_tiny_model(tiny_model_dir):
+    res = colour_ab.heldout(tiny_model_dir, count=10, seed=3, size=64)
     assert 0 < res["flat_de_mean"] <= res["flat_de_p90"] <= res["flat_de_worst"]  # an untrained model is off
     assert 0 <= res["flat_within_3"] <= 10 and 0 <= res["n_chroma_over_50"] <= 10
     assert res["mosaic_de_mean"] > 0 and res["flat_psnr"] > 0
-    assert colour_ab.heldout(str(tmp_path / "m"), count=10, seed=3, size=64) == res  # a fixed draw per seed
+    assert colour_ab.heldout(tiny_model_dir, count=10, seed=3, size=64) == res  # a fixed draw per seed
