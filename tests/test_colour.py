@@ -1,6 +1,8 @@
 """tokenizer.colour: CIEDE2000 ΔE on known inputs and the colour set's composition."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from skimage.color import deltaE_ciede2000
@@ -72,6 +74,9 @@ def test_mosaics_cover_the_set_in_token_aligned_patches():
         assert {tuple(int(c) for c in p) for p in patches} == set(COLOUR_SET.values())  # 64 patches, all 41 colours
         assert (m[:32, :32] == m[0, 0]).all()  # a patch is one colour
     assert not np.array_equal(ms[0], ms[1]) and np.array_equal(ms[0], mosaics(256)[0])  # fixed, distinct
+    # the published mosaic numbers (model card, docs/colour*.json) were measured on exactly these pixels
+    assert hashlib.sha256(np.stack(ms).tobytes()).hexdigest() == (
+        "94d436e8a8fffd5930caee643306037fae8a98eb7ea67571cd03dbe5055e3b3e")
 
 
 def test_mosaics_of_more_colours_than_patches_use_a_distinct_subset_each():
