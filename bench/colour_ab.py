@@ -30,7 +30,7 @@ def score(model_dir: str, data: str, val_size: int = 128, colour_size: int = 64)
     ps, de = [], []
     for p in list_images(data, "val"):
         real = np.array(prepare(p, "resize", val_size, model.factor)[0])  # writable: torch warns on read-only
-        rec = to_uint8(model.decode(model.encode(to_model_range(torch.from_numpy(real[None])))))[0].numpy()
+        rec = reconstruct(model, [real])[0]
         ps.append(psnr(real, rec))
         de.append(mean_delta_e(real, rec))
     worst = sorted(c["colour_set"], key=lambda r: -r["delta_e"])[:3]
@@ -50,7 +50,7 @@ def sensitivity(model_dir: str, data: str, size: int = 128) -> dict:
 
     model, pdist = Tokenizer.from_pretrained(model_dir).eval(), make_perceptual("effnet")
     real = np.stack([prepare(p, "resize", size, 8)[0] for p in list_images(data, "val")])
-    variants = {"reconstruction": to_uint8(model.decode(model.encode(to_model_range(torch.from_numpy(real))))).numpy(),
+    variants = {"reconstruction": np.stack(reconstruct(model, list(real), batch_size=len(real))),
                 "desaturated x0.5": np.stack([jitter_colour(r, 0, 0.5) for r in real]),
                 "hue +60deg": np.stack([jitter_colour(r, 256 / 6, 1.0) for r in real])}
     x = to_model_range(torch.from_numpy(real))
@@ -77,7 +77,7 @@ def bottleneck(model_dir: str, size: int = 64) -> dict:
     z = model.quant_proj(model.encoder(x))
     e = F.normalize(z, dim=1) if model.config.normalize_codes else z
     cont = to_uint8(model.decoder(model.post_quant_proj(e)).clamp(-1, 1)).numpy()
-    quant = to_uint8(model.decode(model.encode(x))).numpy()
+    quant = np.stack(reconstruct(model, list(real), batch_size=len(real)))
     rows = {n: {"codes": round(mean_delta_e(r, q), 2), "unquantised": round(mean_delta_e(r, c), 2),
                 "codes_rgb": q.reshape(-1, 3).mean(0).round().tolist()}
             for n, r, q, c in zip(names, real, quant, cont)}
