@@ -1,0 +1,59 @@
+"""bench.gpu_train on CPU with the tiny model: `pack` shrinks the train split and carries the perceptual weights;
+`run` probes, trains both arms for the steps that fit (capped) and returns the three files a GPU call brings back."""
+from __future__ import annotations
+
+import csv
+import json
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+from bench import gpu_train
+
+PHOTOS = Path(__file__).resolve().parent / "fixtures" / "photos"
+
+
+def test_pack(tmp_path):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    Image.new("RGB", (800, 500), (200, 10, 10)).save(src / "images" / "big.png")
+    Image.new("RGB", (300, 200), (10, 200, 10)).save(src / "images" / "small.jpg")
+    Image.new("RGB", (400, 400), (10, 10, 200)).save(src / "images" / "val.jpg")
+    rows = [("images/big.png", "train"), ("images/small.jpg", "train"), ("images/val.jpg", "val")]
+    (src / "manifest.tsv").write_text("file\tsplit\twidth\theight\n" + "".join(f"{f}\t{s}\t0\t0\n" for f, s in rows))
+
+    info = gpu_train.pack(src / "manifest.tsv", tmp_path / "pack", max_side=320, quality=92)
+
+    assert info["images"] == 2
+    with open(tmp_path / "pack" / "photos" / "manifest.tsv", newline="") as f:
+        packed = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
+    assert set(packed) == {"images/big.jpg", "images/small.jpg"}  # val rows stay behind
+    big = Image.open(tmp_path / "pack" / "photos" / "images" / "big.jpg")
+    assert big.size == (512, 320) and (int(packed["images/big.jpg"]["width"]), int(packed["images/big.jpg"]["height"])) == big.size
+    assert Image.open(tmp_path / "pack" / "photos" / "images" / "small.jpg").size == (300, 200)  # never enlarged
+    assert abs(big.getpixel((256, 160))[0] - 200) <= 3
+    weights = list((tmp_path / "pack" / "site" / gpu_train.PERCEPTUAL_PACKAGE).rglob("*"))
+    assert sum(p.stat().st_size for p in weights if p.is_file()) > 10 * 2**20  # the ImageNet weights themselves
+
+
+def test_run_smoke(tmp_path):
+    out = tmp_path / "out"
+    summary = gpu_train.run(str(PHOTOS), out, budget_s=600, probe_steps=4, device="cpu", workers=1, smoke=True,
+                            max_steps=6)
+
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_train.json", "rotation.tar.gz", "ste.tar.gz"]
+    assert json.loads((out / "gpu_train.json").read_text()) == summary
+    assert summary["steps"] == 6 and summary["disc_start"] == round(2100 * 6 / 3000)
+    assert all(summary["arms"][arm]["images_per_s"] > 0 for arm in gpu_train.ARMS)
+    cfgs = {}
+    for arm in gpu_train.ARMS:
+        with tarfile.open(out / f"{arm}.tar.gz") as tar:
+            assert sorted(tar.getnames()) == sorted(f"{arm}/{name}" for name in gpu_train.KEEP)
+            tar.extractall(tmp_path / "back", filter="data")
+        cfgs[arm] = json.loads((tmp_path / "back" / arm / "train_config.json").read_text())
+        curve = [json.loads(line) for line in (tmp_path / "back" / arm / "metrics.jsonl").read_text().splitlines()]
+        assert curve[-1]["step"] == 6
+    # the arms differ only in the gradient and the run folder
+    assert cfgs["rotation"]["model"].pop("gradient") == "rotation" and cfgs["ste"]["model"].pop("gradient") == "ste"
+    assert {k: v for k, v in cfgs["rotation"].items() if k != "out"} == {k: v for k, v in cfgs["ste"].items() if k != "out"}
