@@ -102,7 +102,8 @@ def train_both(recipe: dict, data: str, out: Path, steps: int, device: str, work
 def rates(run: Path, skip: int) -> dict:
     """Seconds per step and images/s from metrics.jsonl, past the first `skip` logged steps (warm-up)."""
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    late = [r for r in recs if r["step"] > skip] or recs[-2:]
+    late = [r for r in recs if r["step"] > skip]
+    late = late if len(late) >= 2 else recs[-2:]
     first, last = late[0], late[-1]
     s_per_step = (last["time"] - first["time"]) / max(1, last["step"] - first["step"])
     return {"s_per_step": s_per_step, "images_per_s": sorted(r["images_per_s"] for r in late)[len(late) // 2]}
@@ -119,6 +120,8 @@ def device_info(device: str) -> dict:
 
 def run(data: str, out: Path, budget_s: float, probe_steps: int, device: str, workers: int, smoke: bool,
         max_steps: int | None = None) -> dict:
+    if probe_steps < 4:
+        raise SystemExit("--probe-steps must be at least 4 (two logged steps past the warm-up half)")
     recipe = json.loads(RECIPE.read_text())["train_configs"]["rotation"]
     if smoke:  # CI: the study's tiny model and crops, same code path
         from .rotation_vs_ste import SMOKE
