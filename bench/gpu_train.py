@@ -9,8 +9,10 @@ quantizer), for as many steps as fit in a time budget; both arms are evaluated o
 128 × scale ≤ 2.5 = 320), and the installed EfficientNet-lite0 weights package that the perceptual loss needs
 (`PYTHONPATH=.gpu/site` there), so the pair fits a machine that can fetch nothing.
 `run` takes the recipe of the CPU pair (docs/rotation_vs_ste_scratch.json), trains both arms together for
---probe-steps to measure seconds per step with both running, then both for the steps that fit the rest of the
-budget; the GAN starts at the recipe's fraction of the schedule (2,100 of 3,000). The arms share seed, data order
+--probe-steps (the GAN on for the second half) to measure seconds per step with both running, before and with the
+GAN, then both for the steps that fit the rest of the budget; the GAN starts at the recipe's fraction of the
+schedule (2,100 of 3,000). An arm still running at the hard stop (budget + 10 %) is killed and its last
+checkpoint comes back, marked unfinished. The arms share seed, data order
 and schedule and differ only in `model.gradient`. Into --out: rotation.tar.gz, ste.tar.gz (model, configs,
 metrics.jsonl) and gpu_train.json (device, steps, images/s per arm for planning, wall times).
 """
@@ -66,47 +68,71 @@ def pack(manifest: Path, out: Path, max_side: int, quality: int) -> dict:
     return {"images": len(rows), "mib": round(mib, 1)}
 
 
-def arm_config(recipe: dict, arm: str, data: str, out: Path, steps: int, device: str, workers: int) -> dict:
-    """The recipe for `steps` steps; the GAN start keeps its fraction of the schedule."""
+def arm_config(recipe: dict, arm: str, data: str, out: Path, steps: int, device: str, workers: int,
+               disc_start: int | None = None) -> dict:
+    """The recipe for `steps` steps; unless given, the GAN start keeps its fraction of the schedule."""
     cfg = json.loads(json.dumps(recipe))
     cfg["model"]["gradient"] = arm
+    if disc_start is None:
+        disc_start = round(recipe["disc_start"] * steps / recipe["steps"])
     cfg.update(data=data, split="train", out=str(out / arm), steps=steps, device=device, workers=workers,
-               disc_start=round(recipe["disc_start"] * steps / recipe["steps"]), threads=0, progress=False,
-               checkpoint_every=max(100, steps // 4), grid_every=10**9, log_every=min(10, max(1, steps // 4)))
+               disc_start=disc_start, threads=0, progress=False, checkpoint_every=max(100, steps // 4),
+               grid_every=10**9, log_every=min(10, max(1, steps // 6)))
     return cfg
 
 
-def train_both(recipe: dict, data: str, out: Path, steps: int, device: str, workers: int, limit_s: float) -> float:
-    """Both arms as two processes at once; returns the wall time. Killed at `limit_s` (the budget's hard stop)."""
-    procs = []
-    for arm in ARMS:
-        (out / arm).mkdir(parents=True, exist_ok=True)
-        cfg_file = out / f"{arm}.json"
-        cfg_file.write_text(json.dumps(arm_config(recipe, arm, data, out, steps, device, workers)))
-        log = open(out / f"{arm}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "vqtok", "train", data, "--out", str(out / arm),
-                                       "--config", str(cfg_file)], stdout=log, stderr=subprocess.STDOUT))
-    t0 = time.time()
-    for p in procs:
+def train_both(cfgs: dict[str, dict], limit_s: float) -> tuple[float, list[str]]:
+    """Both arms as two processes at once; returns the wall time and the arms that finished. An arm still running
+    at `limit_s` is killed (its last checkpoint stays); an arm that fails is an error."""
+    procs = {}
+    for arm, cfg in cfgs.items():
+        out = Path(cfg["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out.parent / f"{arm}.json").write_text(json.dumps(cfg))
+        log = open(out.parent / f"{arm}.log", "w")
+        procs[arm] = subprocess.Popen([sys.executable, "-m", "vqtok", "train", cfg["data"], "--out", str(out),
+                                       "--config", str(out.parent / f"{arm}.json")], stdout=log,
+                                      stderr=subprocess.STDOUT)
+    t0, killed = time.time(), []
+    for arm, p in procs.items():
         try:
             p.wait(timeout=max(1.0, limit_s - (time.time() - t0)))
         except subprocess.TimeoutExpired:
             p.kill()
-    failed = [arm for arm, p in zip(ARMS, procs) if p.wait() != 0]
+            killed.append(arm)
+    failed = [arm for arm, p in procs.items() if p.wait() != 0 and arm not in killed]
     if failed:
-        tails = {a: (out / f"{a}.log").read_text()[-2000:] for a in failed}
-        raise SystemExit(f"training failed or ran past {limit_s:.0f} s: {failed}\n{json.dumps(tails, indent=1)}")
-    return time.time() - t0
+        tails = {a: (Path(cfgs[a]["out"]).parent / f"{a}.log").read_text()[-2000:] for a in failed}
+        raise SystemExit(f"training failed: {failed}\n{json.dumps(tails, indent=1)}")
+    return time.time() - t0, [arm for arm in procs if arm not in killed]
 
 
-def rates(run: Path, skip: int) -> dict:
-    """Seconds per step and images/s from metrics.jsonl, past the first `skip` logged steps (warm-up)."""
+def s_per_step(run: Path, lo: int, hi: int) -> float:
+    """Seconds per step between the first and the last logged step in [lo, hi] of run/metrics.jsonl."""
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    late = [r for r in recs if r["step"] > skip]
-    late = late if len(late) >= 2 else recs[-2:]
-    first, last = late[0], late[-1]
-    s_per_step = (last["time"] - first["time"]) / max(1, last["step"] - first["step"])
-    return {"s_per_step": s_per_step, "images_per_s": sorted(r["images_per_s"] for r in late)[len(late) // 2]}
+    span = [r for r in recs if lo <= r["step"] <= hi]
+    if len(span) < 2:
+        raise SystemExit(f"{run}: fewer than two logged steps in [{lo}, {hi}]; give more --probe-steps")
+    return (span[-1]["time"] - span[0]["time"]) / (span[-1]["step"] - span[0]["step"])
+
+
+def images_per_s(run: Path) -> float:
+    """Median of the logged images/s (the trainer's own rate per logging interval)."""
+    rates = sorted(json.loads(line)["images_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()[1:]
+                   if line.strip())
+    return rates[len(rates) // 2] if rates else 0.0
+
+
+def load_recipe(smoke: bool = False) -> dict:
+    """The CPU pair's training options; `smoke`: the study's tiny model and crops (CI), same code path."""
+    recipe = json.loads(RECIPE.read_text())["train_configs"]["rotation"]
+    if smoke:
+        from .rotation_vs_ste import SMOKE
+
+        recipe["model"].update(SMOKE["model"])
+        recipe.update(batch_size=SMOKE["train"]["batch_size"], crop=SMOKE["train"]["crop"], perceptual="none",
+                      warmup=2)
+    return recipe
 
 
 def device_info(device: str) -> dict:
@@ -120,36 +146,39 @@ def device_info(device: str) -> dict:
 
 def run(data: str, out: Path, budget_s: float, probe_steps: int, device: str, workers: int, smoke: bool,
         max_steps: int | None = None) -> dict:
-    if probe_steps < 4:
-        raise SystemExit("--probe-steps must be at least 4 (two logged steps past the warm-up half)")
-    recipe = json.loads(RECIPE.read_text())["train_configs"]["rotation"]
-    if smoke:  # CI: the study's tiny model and crops, same code path
-        from .rotation_vs_ste import SMOKE
-
-        recipe["model"].update(SMOKE["model"])
-        recipe.update(batch_size=SMOKE["train"]["batch_size"], crop=SMOKE["train"]["crop"], perceptual="none",
-                      warmup=2)
+    if probe_steps < 12:
+        raise SystemExit("--probe-steps must be at least 12 (two logged steps on each side of the GAN start)")
+    recipe = load_recipe(smoke)
     t_start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    probe_wall = train_both(recipe, data, work / "probe", probe_steps, device, workers, budget_s)
-    probe = {arm: rates(work / "probe" / arm, skip=min(20, probe_steps // 2)) for arm in ARMS}
-    s_per_step = max(p["s_per_step"] for p in probe.values())
-    startup_s = max(0.0, probe_wall - probe_steps * s_per_step)  # process start, data, perceptual net, cuDNN
+    # probe: the GAN (a second network and its step) makes a step dearer, so time both halves
+    half = probe_steps // 2
+    probe_wall, done = train_both({arm: arm_config(recipe, arm, data, work / "probe", probe_steps, device,
+                                                   workers, disc_start=half) for arm in ARMS}, budget_s)
+    if len(done) < len(ARMS):
+        raise SystemExit(f"the {probe_steps}-step probe did not finish within --budget-s {budget_s:.0f}")
+    probe = {arm: {"s_per_step_before_gan": s_per_step(work / "probe" / arm, 1, half),
+                   "s_per_step_gan": s_per_step(work / "probe" / arm, half + 2, probe_steps)} for arm in ARMS}
+    before, gan = (max(p[k] for p in probe.values()) for k in ("s_per_step_before_gan", "s_per_step_gan"))
+    gan_share = 1 - recipe["disc_start"] / recipe["steps"]
+    per_step = (1 - gan_share) * before + gan_share * gan
+    startup_s = max(0.0, probe_wall - half * before - (probe_steps - half) * gan)  # processes, data, nets, cuDNN
     left = budget_s - (time.time() - t_start)
-    steps = max(probe_steps, math.floor(0.9 * (left - startup_s) / s_per_step))  # 10 %: checkpoints, tail
+    steps = max(probe_steps, math.floor(0.9 * (left - startup_s) / per_step))  # 10 %: checkpoints, tail
     steps = min(steps, max_steps or steps)
-    wall = train_both(recipe, data, work / "main", steps, device, workers, max(60.0, 1.3 * left))
+    cfgs = {arm: arm_config(recipe, arm, data, work / "main", steps, device, workers) for arm in ARMS}
+    wall, finished = train_both(cfgs, left + min(60.0, 0.1 * budget_s))  # hard stop: keep the call inside its limit
     summary = {"date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **device_info(device),
                "budget_s": budget_s, "probe_steps": probe_steps, "probe": probe, "startup_s": round(startup_s, 1),
                "steps": steps, "batch_size": recipe["batch_size"], "crop": recipe["crop"],
-               "disc_start": arm_config(recipe, "rotation", data, out, steps, device, workers)["disc_start"],
-               "train_wall_s": round(wall, 1), "total_wall_s": round(time.time() - t_start, 1),
-               "arms": {arm: rates(work / "main" / arm, skip=20) for arm in ARMS}}
+               "disc_start": cfgs["rotation"]["disc_start"], "finished": finished, "train_wall_s": round(wall, 1),
+               "total_wall_s": round(time.time() - t_start, 1),
+               "images_per_s": {arm: images_per_s(work / "main" / arm) for arm in ARMS}}
     for arm in ARMS:
         with tarfile.open(out / f"{arm}.tar.gz", "w:gz") as tar:
             for name in KEEP:
-                tar.add(work / "main" / arm / name, arcname=f"{arm}/{name}")
+                if (work / "main" / arm / name).is_file():  # a killed arm: its last checkpoint, if any
+                    tar.add(work / "main" / arm / name, arcname=f"{arm}/{name}")
     (out / "gpu_train.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(work)  # checkpoints and logs stay behind: only the three files come back
     return summary
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     rn.add_argument("data", help="folder with manifest.tsv (train split), e.g. .gpu/photos")
     rn.add_argument("--out", type=Path, required=True)
     rn.add_argument("--budget-s", type=float, default=480.0, help="training wall time, probe included")
-    rn.add_argument("--probe-steps", type=int, default=60)
+    rn.add_argument("--probe-steps", type=int, default=60, help="both arms, half of them with the GAN on")
     rn.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     rn.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2 - 1),
                     help="DataLoader workers per arm (default: half the cores, less one)")

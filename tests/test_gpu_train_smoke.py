@@ -39,13 +39,16 @@ def test_pack(tmp_path):
 
 def test_run_smoke(tmp_path):
     out = tmp_path / "out"
-    summary = gpu_train.run(str(PHOTOS), out, budget_s=600, probe_steps=4, device="cpu", workers=1, smoke=True,
+    summary = gpu_train.run(str(PHOTOS), out, budget_s=600, probe_steps=12, device="cpu", workers=1, smoke=True,
                             max_steps=6)
 
     assert sorted(p.name for p in out.iterdir()) == ["gpu_train.json", "rotation.tar.gz", "ste.tar.gz"]
     assert json.loads((out / "gpu_train.json").read_text()) == summary
     assert summary["steps"] == 6 and summary["disc_start"] == round(2100 * 6 / 3000)
-    assert all(summary["arms"][arm]["images_per_s"] > 0 for arm in gpu_train.ARMS)
+    assert summary["finished"] == list(gpu_train.ARMS)
+    assert all(summary["images_per_s"][arm] > 0 for arm in gpu_train.ARMS)
+    for arm in gpu_train.ARMS:  # the probe timed both halves of the schedule: before and with the GAN
+        assert summary["probe"][arm]["s_per_step_before_gan"] > 0 and summary["probe"][arm]["s_per_step_gan"] > 0
     cfgs = {}
     for arm in gpu_train.ARMS:
         with tarfile.open(out / f"{arm}.tar.gz") as tar:
@@ -57,3 +60,11 @@ def test_run_smoke(tmp_path):
     # the arms differ only in the gradient and the run folder
     assert cfgs["rotation"]["model"].pop("gradient") == "rotation" and cfgs["ste"]["model"].pop("gradient") == "ste"
     assert {k: v for k, v in cfgs["rotation"].items() if k != "out"} == {k: v for k, v in cfgs["ste"].items() if k != "out"}
+
+
+def test_hard_stop_kills_and_reports(tmp_path):
+    """An arm still running at the limit is killed and reported unfinished (the call must end inside its limit)."""
+    recipe = gpu_train.load_recipe(smoke=True)
+    cfgs = {arm: gpu_train.arm_config(recipe, arm, str(PHOTOS), tmp_path, 10**6, "cpu", 1) for arm in gpu_train.ARMS}
+    wall, finished = gpu_train.train_both(cfgs, limit_s=3)
+    assert finished == [] and wall < 30
