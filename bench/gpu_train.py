@@ -46,17 +46,22 @@ def pack(manifest: Path, out: Path, max_side: int, quality: int) -> dict:
 
     from PIL import Image
 
+    from vqtok.tokenizer.preprocess import open_image  # the loader training uses: EXIF orientation applied
+
     photos = out / "photos"
-    (photos / "images").mkdir(parents=True, exist_ok=True)
     with open(manifest, newline="") as f:
-        rows = [r for r in csv.DictReader(f, delimiter="\t") if r["split"] == "train"]
+        rows = [r for r in csv.DictReader(f, delimiter="\t") if r.get("split", "train") == "train"]
+    if not rows:
+        raise SystemExit(f"{manifest} has no 'train' rows: pass a manifest TSV with columns file and split")
     for r in rows:
-        img = Image.open(manifest.parent / r["file"]).convert("RGB")
+        img = open_image(manifest.parent / r["file"])
         s = min(1.0, max_side / min(img.size))
         if s < 1.0:
             img = img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.LANCZOS)
-        r["file"] = f"images/{Path(r['file']).stem}.jpg"
+        if Path(r["file"]).suffix.lower() not in (".jpg", ".jpeg"):  # a.png → a.png.jpg: never a.jpg's name
+            r["file"] += ".jpg"
         r["width"], r["height"] = img.size
+        (photos / r["file"]).parent.mkdir(parents=True, exist_ok=True)
         img.save(photos / r["file"], quality=quality)
     with open(photos / "manifest.tsv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")

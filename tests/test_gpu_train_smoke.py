@@ -18,21 +18,27 @@ def test_pack(tmp_path):
     src = tmp_path / "src"
     (src / "images").mkdir(parents=True)
     Image.new("RGB", (800, 500), (200, 10, 10)).save(src / "images" / "big.png")
-    Image.new("RGB", (300, 200), (10, 200, 10)).save(src / "images" / "small.jpg")
+    Image.new("RGB", (300, 200), (10, 200, 10)).save(src / "images" / "big.jpg")  # same stem as big.png
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° to display
+    Image.new("RGB", (600, 400), (10, 10, 200)).save(src / "images" / "turned.jpg", exif=exif)
     Image.new("RGB", (400, 400), (10, 10, 200)).save(src / "images" / "val.jpg")
-    rows = [("images/big.png", "train"), ("images/small.jpg", "train"), ("images/val.jpg", "val")]
+    rows = [("images/big.png", "train"), ("images/big.jpg", "train"), ("images/turned.jpg", "train"),
+            ("images/val.jpg", "val")]
     (src / "manifest.tsv").write_text("file\tsplit\twidth\theight\n" + "".join(f"{f}\t{s}\t0\t0\n" for f, s in rows))
 
     info = gpu_train.pack(src / "manifest.tsv", tmp_path / "pack", max_side=320, quality=92)
 
-    assert info["images"] == 2
+    assert info["images"] == 3
     with open(tmp_path / "pack" / "photos" / "manifest.tsv", newline="") as f:
-        packed = {r["file"]: r for r in csv.DictReader(f, delimiter="\t")}
-    assert set(packed) == {"images/big.jpg", "images/small.jpg"}  # val rows stay behind
-    big = Image.open(tmp_path / "pack" / "photos" / "images" / "big.jpg")
-    assert big.size == (512, 320) and (int(packed["images/big.jpg"]["width"]), int(packed["images/big.jpg"]["height"])) == big.size
-    assert Image.open(tmp_path / "pack" / "photos" / "images" / "small.jpg").size == (300, 200)  # never enlarged
-    assert abs(big.getpixel((256, 160))[0] - 200) <= 3
+        packed = {r["file"]: (int(r["width"]), int(r["height"])) for r in csv.DictReader(f, delimiter="\t")}
+    assert set(packed) == {"images/big.png.jpg", "images/big.jpg", "images/turned.jpg"}  # val rows stay behind
+    sizes = {name: Image.open(tmp_path / "pack" / "photos" / name).size for name in packed}
+    assert sizes == packed
+    assert sizes["images/big.png.jpg"] == (512, 320)
+    assert sizes["images/big.jpg"] == (300, 200)  # never enlarged
+    assert sizes["images/turned.jpg"] == (320, 480)  # EXIF orientation applied, as training's loader does
+    assert abs(Image.open(tmp_path / "pack" / "photos" / "images" / "big.png.jpg").getpixel((256, 160))[0] - 200) <= 3
     weights = list((tmp_path / "pack" / "site" / gpu_train.PERCEPTUAL_PACKAGE).rglob("*"))
     assert sum(p.stat().st_size for p in weights if p.is_file()) > 10 * 2**20  # the ImageNet weights themselves
 
