@@ -1,9 +1,9 @@
 """Quick colour A/B scoring of short runs: colour-set ΔE at 64² (flat images, 8×8 tokens) and val PSNR / ΔE at 128².
 
     python -m bench.colour_ab MODEL_DIR... [--data ../shared/data/photos/manifest.tsv]
-    python -m bench.colour_ab --sensitivity MODEL_DIR   # how much the losses see a colour change vs the model's error
-    python -m bench.colour_ab --bottleneck MODEL_DIR    # flat colours decoded from codes vs from the unquantised e
-    python -m bench.colour_ab --heldout MODEL_DIR...    # 120 random flat colours no model was picked on, at 256²
+    python -m bench.colour_ab --sensitivity MODEL_DIR... # how much the losses see a colour change vs the model's error
+    python -m bench.colour_ab --bottleneck MODEL_DIR...  # flat colours decoded from codes vs from the unquantised e
+    python -m bench.colour_ab --heldout MODEL_DIR...     # 120 random flat colours no model was picked on, at 256²
 
 Cheaper than `vqtok eval` (no perceptual or Fréchet networks, smaller images) so that several short fine-tuning
 runs can be compared on a busy 2-core machine; the shipped numbers come from `vqtok eval` at 256².
@@ -118,19 +118,17 @@ def main() -> None:
     ap.add_argument("--heldout", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.bottleneck:
-        print(json.dumps(bottleneck(args.models[0]), indent=1))
-        return
-    if args.heldout:
-        for m in args.models:
-            print(json.dumps(heldout(m)), flush=True)
-        return
-    if args.sensitivity:
-        print(json.dumps(sensitivity(args.models[0], args.data), indent=1))
-        return
+    # one JSON line per model, in the order given (each mode used to score only the first of several models)
     for m in args.models:
-        print(json.dumps(score(m, args.data)), flush=True)
-
+        if args.bottleneck:
+            res = bottleneck(m)
+        elif args.heldout:
+            res = heldout(m)
+        elif args.sensitivity:
+            res = sensitivity(m, args.data)
+        else:
+            res = score(m, args.data)
+        print(json.dumps({"model": m, **res}), flush=True)
 
 if __name__ == "__main__":
     main()

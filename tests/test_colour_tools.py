@@ -43,3 +43,14 @@ def test_colour_ab_heldout_on_a_tiny_model(tiny_model_dir):
     assert 0 <= res["flat_within_3"] <= 10 and 0 <= res["n_chroma_over_50"] <= 10
     assert res["mosaic_de_mean"] > 0 and res["flat_psnr"] > 0
     assert colour_ab.heldout(tiny_model_dir, count=10, seed=3, size=64) == res  # a fixed draw per seed
+
+
+def test_colour_ab_cli_scores_every_model_given(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    Tokenizer(Tokenizer.from_pretrained(tiny_model_dir).config).save_pretrained(other)
+    monkeypatch.setattr("sys.argv", ["colour_ab", "--bottleneck", tiny_model_dir, str(other)])
+    colour_ab.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["model"] for r in rows] == [tiny_model_dir, str(other)]
+    assert rows[0]["mean_codes"] != rows[1]["mean_codes"]  # two different models, each scored
