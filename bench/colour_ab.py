@@ -130,5 +130,6 @@ def main() -> None:
             res = score(m, args.data)
         print(json.dumps({"model": m, **res}), flush=True)
 
+
 if __name__ == "__main__":
     main()
